@@ -1,0 +1,146 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What a pass learns about the host, as plain values.
+
+The collecting modules (scan, inventory) produce these; plan turns them into
+one verdict per cache file without touching the disk; execute and report
+carry the verdicts out and tell about them.
+"""
+
+import dataclasses
+
+# Kinds of image cache entries, from their names (scan.classify).
+ORIGINAL = 'original'
+RESIZED = 'resized'
+LEGACY_SM = 'legacy_sm'
+SWAP = 'swap'
+EPHEMERAL = 'ephemeral'
+RESIDUE = 'residue'
+FOREIGN = 'foreign'
+KINDS = (ORIGINAL, RESIZED, LEGACY_SM, SWAP, EPHEMERAL, RESIDUE, FOREIGN)
+
+# Verdicts, one per cache entry and pass.
+IN_USE = 'in_use'
+TOO_YOUNG = 'too_young'
+PINNED = 'pinned'
+QUEUED = 'queued'
+REMOVED = 'removed'
+KEPT = 'kept'
+IGNORED = 'ignored'
+ERROR = 'error'
+VERDICTS = (IN_USE, TOO_YOUNG, PINNED, QUEUED, REMOVED, KEPT, IGNORED, ERROR)
+
+# The verdict plan gives to a file that may go; execute turns it into
+# REMOVED (or KEPT when the re-check inside the nova lock says no).
+REMOVABLE = 'removable'
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseFile:
+    """One entry of the image cache directory, as lstat saw it."""
+
+    name: str
+    path: str
+    kind: str
+    file_type: str
+    size: int
+    allocated: int
+    mtime: float
+    dev: int
+    ino: int
+
+    @property
+    def is_regular(self):
+        return self.file_type == 'file'
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Evidence that an instance uses the cache file called ``name``.
+
+    ``source`` is the instance disk or libvirt.xml the evidence comes from,
+    ``chain`` the backing chain from that disk down to the cache file (empty
+    when the evidence is not a backing chain) and ``reason`` says how it was
+    found, for explain and the report.
+    """
+
+    name: str
+    source: str
+    chain: tuple = ()
+    reason: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Doubt:
+    """Something the inventory could not read: the pass fails closed for it.
+
+    ``names`` are the cache file names the unread thing could use; None
+    means it could use any file, so nothing may be removed this pass.
+    """
+
+    source: str
+    message: str
+    names: frozenset = None
+
+
+@dataclasses.dataclass
+class Usage:
+    """What the instances on this host use from the image cache."""
+
+    references: dict = dataclasses.field(default_factory=dict)
+    doubts: list = dataclasses.field(default_factory=list)
+
+    def add_reference(self, reference):
+        self.references.setdefault(reference.name, []).append(reference)
+
+    def add_doubt(self, doubt):
+        self.doubts.append(doubt)
+
+    def references_to(self, name):
+        return self.references.get(name, ())
+
+    def doubts_about(self, name):
+        return [d for d in self.doubts if d.names is None or name in d.names]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The aging rules of one pass, read from the configuration."""
+
+    remove_unused: bool
+    original_min_age: int
+    resized_min_age: int
+    swap_min_age: int
+    ephemeral_min_age: int
+    pinned_names: frozenset = frozenset()
+
+    def min_age(self, kind):
+        return {
+            ORIGINAL: self.original_min_age,
+            RESIZED: self.resized_min_age,
+            LEGACY_SM: self.resized_min_age,
+            SWAP: self.swap_min_age,
+            EPHEMERAL: self.ephemeral_min_age,
+        }.get(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The verdict for one cache entry, with what it rests on."""
+
+    base_file: BaseFile
+    verdict: str
+    reason: str
+    age: float
+    min_age: int = None
+    references: tuple = ()

@@ -1,0 +1,102 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""List the image cache directory and classify its entries by name.
+
+Only lstat is used: nothing in the cache directory is opened or followed
+here, so symlinks, FIFOs and devices cannot block or mislead a pass.
+"""
+
+import os
+import re
+import stat
+
+from oslo_log import log as logging
+
+from cachekeeper.cache import facts
+
+LOG = logging.getLogger(__name__)
+
+_SHA1 = '[0-9a-f]{40}'
+_NAME_PATTERNS = (
+    (re.compile(_SHA1), facts.ORIGINAL),
+    (re.compile(_SHA1 + '_[0-9]+'), facts.RESIZED),
+    (re.compile(_SHA1 + '_sm'), facts.LEGACY_SM),
+    (re.compile('swap_[0-9]+'), facts.SWAP),
+    (re.compile('ephemeral_[0-9]+_[0-9a-f]{7}'), facts.EPHEMERAL),
+    (re.compile(r'.+\.(part|converted|tmp)', re.DOTALL), facts.RESIDUE),
+)
+
+_FILE_TYPES = (
+    (stat.S_ISREG, 'file'),
+    (stat.S_ISLNK, 'symlink'),
+    (stat.S_ISDIR, 'directory'),
+    (stat.S_ISFIFO, 'fifo'),
+    (stat.S_ISSOCK, 'socket'),
+    (stat.S_ISBLK, 'block device'),
+    (stat.S_ISCHR, 'character device'),
+)
+
+
+def file_type(mode):
+    for test, name in _FILE_TYPES:
+        if test(mode):
+            return name
+    return 'unknown'
+
+
+def classify(name, mode):
+    """Return the kind of a cache entry from its name and lstat mode."""
+    if not stat.S_ISREG(mode):
+        return facts.FOREIGN
+    for pattern, kind in _NAME_PATTERNS:
+        if pattern.fullmatch(name):
+            return kind
+    return facts.FOREIGN
+
+
+def base_file(path, st):
+    """Build the BaseFile for ``path`` from its lstat result."""
+    name = os.path.basename(path)
+    return facts.BaseFile(
+        name=name,
+        path=path,
+        kind=classify(name, st.st_mode),
+        file_type=file_type(st.st_mode),
+        size=st.st_size,
+        allocated=st.st_blocks * 512,
+        mtime=st.st_mtime,
+        dev=st.st_dev,
+        ino=st.st_ino)
+
+
+def scan(cache_dir):
+    """Return a BaseFile for every entry of ``cache_dir``, sorted by name.
+
+    A missing cache directory is an empty cache. An entry that vanishes
+    while the directory is read is left out: it is no longer there to age.
+    """
+    entries = []
+    try:
+        iterator = os.scandir(cache_dir)
+    except FileNotFoundError:
+        LOG.debug('Image cache directory %s does not exist', cache_dir)
+        return entries
+    with iterator:
+        for entry in iterator:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            entries.append(base_file(entry.path, st))
+    entries.sort(key=lambda b: b.name)
+    return entries

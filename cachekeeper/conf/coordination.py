@@ -1,0 +1,40 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+from oslo_config import cfg
+
+coordination_group = cfg.OptGroup(
+    'coordination',
+    title='Coordination Options',
+    help="""
+Hosts that share one image cache (``instances_path`` on shared storage)
+elect one of them to remove files, through a tooz backend.
+""")
+
+coordination_opts = [
+    cfg.StrOpt('backend_url',
+        default='file://$instances_path/locks/cachekeeper-coordination',
+        help="""
+The tooz backend URL, such as ``redis://127.0.0.1:6379``. The default file
+backend works for one host and, through POSIX locks, for hosts that share
+``instances_path`` on NFS with working lock daemons.
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_group(coordination_group)
+    conf.register_opts(coordination_opts, group=coordination_group)
+
+
+def list_opts():
+    return {coordination_group: coordination_opts}

@@ -1,0 +1,61 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import socket
+
+from oslo_config import cfg
+
+default_opts = [
+    cfg.StrOpt('instances_path',
+        default='/var/lib/nova/instances',
+        help="""
+Where nova keeps instance directories.
+
+The image cache lives in its [image_cache] subdirectory_name below this
+directory and nova's external lock files in its locks subdirectory. This is
+nova's option of the same name: pass nova.conf first on the command line and
+cachekeeper uses nova's value.
+"""),
+    cfg.StrOpt('state_path',
+        default='/var/lib/cachekeeper',
+        help="""
+Directory where cachekeeper keeps its own state: the pass report, the state
+database and the scrub queue. It must exist and be writable by the service
+user. Set it in cachekeeper.conf: nova.conf's state_path points at nova's
+own state directory.
+"""),
+    cfg.StrOpt('host',
+        default=socket.gethostname(),
+        sample_default='<current_hostname>',
+        help="""
+Name of this compute host, as nova knows it (nova's [DEFAULT] host).
+"""),
+    cfg.StrOpt('service_backend',
+        default='eventlet',
+        choices=[
+            ('eventlet', 'Green threads; the oslo.service default.'),
+            ('threading', 'Native threads; the service runs in a forked '
+                          'worker process.'),
+        ],
+        help="""
+The oslo.service backend the daemon runs on. It is chosen once at start-up,
+before any service module is loaded, so a change needs a restart.
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_opts(default_opts)
+
+
+def list_opts():
+    return {'DEFAULT': default_opts}

@@ -1,0 +1,162 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+from oslo_config import cfg
+
+image_cache_group = cfg.OptGroup(
+    'image_cache',
+    title='Image Cache Options',
+    help="""
+How the image cache in ``$instances_path/$subdirectory_name`` is aged.
+
+The options that nova also has keep nova's names and defaults, so nova.conf
+can be passed to cachekeeper as it is.
+""")
+
+image_cache_opts = [
+    cfg.IntOpt('manager_interval',
+        default=2400,
+        min=-1,
+        mutable=True,
+        deprecated_name='image_cache_manager_interval',
+        deprecated_group='DEFAULT',
+        help="""
+Number of seconds between two passes over the image cache.
+
+Possible values:
+
+* 0: run at the default interval of 60 seconds (not recommended)
+* -1: no passes; the daemon stays up and does nothing
+* Any other value
+
+When cachekeeper runs, set nova's own ``[image_cache] manager_interval`` to -1
+in nova.conf so that only one manager ages the cache.
+"""),
+    cfg.StrOpt('subdirectory_name',
+        default='_base',
+        deprecated_name='image_cache_subdirectory_name',
+        deprecated_group='DEFAULT',
+        help="""
+Name of the image cache directory, relative to ``[DEFAULT] instances_path``.
+A single path component, such as ``_base`` or ``_base_$my_ip`` for
+per-host caches on shared storage.
+"""),
+    cfg.BoolOpt('remove_unused_base_images',
+        default=True,
+        mutable=True,
+        deprecated_group='DEFAULT',
+        help="""
+Remove unused files from the image cache. When False nothing is removed, but
+files in use still have their modification time refreshed.
+"""),
+    cfg.IntOpt('remove_unused_original_minimum_age_seconds',
+        default=(24 * 3600),
+        min=0,
+        mutable=True,
+        deprecated_group='DEFAULT',
+        help="""
+Unused original images (named after the sha1 of their image id) younger than
+this many seconds are kept.
+"""),
+    cfg.IntOpt('remove_unused_resized_minimum_age_seconds',
+        default=3600,
+        min=0,
+        mutable=True,
+        deprecated_group='libvirt',
+        help="""
+Unused resized copies (``<sha1>_<size>`` and legacy ``<sha1>_sm``) younger
+than this many seconds are kept.
+"""),
+    cfg.IntOpt('remove_unused_swap_minimum_age_seconds',
+        min=0,
+        mutable=True,
+        sample_default='<remove_unused_original_minimum_age_seconds>',
+        help="""
+Unused swap files (``swap_<MiB>``) younger than this many seconds are kept.
+Unset, the original images' age applies, as in nova.
+"""),
+    cfg.IntOpt('remove_unused_ephemeral_minimum_age_seconds',
+        min=0,
+        mutable=True,
+        sample_default='<remove_unused_original_minimum_age_seconds>',
+        help="""
+Unused ephemeral files (``ephemeral_<GiB>_<hash>``) younger than this many
+seconds are kept. Unset, the original images' age applies, as in nova.
+"""),
+    cfg.IntOpt('max_cache_size_mb',
+        default=0,
+        min=0,
+        mutable=True,
+        help="""
+Upper bound for the space the image cache allocates on disk, in MiB. Above it,
+unused files are evicted, least recently used first. 0 means no bound.
+"""),
+    cfg.IntOpt('disk_high_watermark_percent',
+        default=85,
+        min=1,
+        max=100,
+        mutable=True,
+        help="""
+When the filesystem that holds the image cache is fuller than this percentage,
+unused files are evicted, least recently used first, until it is below
+``disk_low_watermark_percent``.
+"""),
+    cfg.IntOpt('disk_low_watermark_percent',
+        default=80,
+        min=0,
+        max=99,
+        mutable=True,
+        help="""
+Eviction for disk usage stops once the filesystem is below this percentage.
+Must be lower than ``disk_high_watermark_percent``.
+"""),
+    cfg.IntOpt('eviction_minimum_age_seconds',
+        default=600,
+        min=0,
+        mutable=True,
+        help="""
+Files unused for less than this many seconds are never evicted, whatever the
+cache size or disk usage.
+"""),
+    cfg.ListOpt('pinned_images',
+        default=[],
+        mutable=True,
+        help="""
+Image ids whose cached files are never removed.
+"""),
+    cfg.IntOpt('inspect_workers',
+        default=4,
+        min=1,
+        max=64,
+        mutable=True,
+        help="""
+How many disk inspections (``qemu-img info``) run at the same time.
+"""),
+    cfg.IntOpt('inspect_timeout',
+        default=60,
+        min=1,
+        mutable=True,
+        help="""
+Wall-clock limit in seconds for one ``qemu-img info`` call. A call that takes
+longer is killed, and the disk counts as not inspectable for that pass: nothing
+it could use is removed.
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_group(image_cache_group)
+    conf.register_opts(image_cache_opts, group=image_cache_group)
+
+
+def list_opts():
+    return {image_cache_group: image_cache_opts}
