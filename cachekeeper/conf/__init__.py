@@ -30,5 +30,11 @@ ALL_MODULES = (
     coordination,
 )
 
-for _module in ALL_MODULES:
-    _module.register_opts(CONF)
+
+
+def register_opts(conf):
+    for module in ALL_MODULES:
+        module.register_opts(conf)
+
+
+register_opts(CONF)

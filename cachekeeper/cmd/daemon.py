@@ -1,0 +1,50 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""cachekeeper: the image cache daemon (runs in the foreground)."""
+
+import sys
+
+from oslo_log import log as logging
+
+from cachekeeper import concurrency
+from cachekeeper import config
+from cachekeeper import systemd
+from cachekeeper import version
+
+CONF = config.CONF
+LOG = logging.getLogger(__name__)
+
+
+def main():
+    try:
+        config.parse_args(sys.argv)
+    except config.ConfigError as e:
+        for problem in e.problems:
+            print('cachekeeper: %s' % problem, file=sys.stderr)
+        return config.EXIT_CONFIG
+    notifier = systemd.Notifier.from_environment()
+    concurrency.init_backend(CONF.service_backend)
+    logging.setup(CONF, 'cachekeeper')
+    # Imported only now: these modules bind to the backend chosen above.
+    from oslo_service import service as oslo_service
+
+    from cachekeeper import service
+
+    LOG.info('cachekeeper %s starting on the %s backend; image cache %s',
+             version.version_string(), CONF.service_backend,
+             service.manager.cache_dir(CONF))
+    launcher = oslo_service.launch(
+        CONF, service.CacheKeeperService(notifier), workers=1,
+        restart_method='mutate')
+    launcher.wait()
+    return 0

@@ -1,0 +1,149 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Parse and validate the configuration; every problem is one clear line."""
+
+import os
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+import cachekeeper.conf
+from cachekeeper import version
+
+CONF = cachekeeper.conf.CONF
+
+# The exit status for bad configuration and bad usage (argparse uses it too).
+EXIT_CONFIG = 2
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` are one line each."""
+
+    def __init__(self, problems):
+        super().__init__('\n'.join(problems))
+        self.problems = problems
+
+
+def parse_args(argv, conf=CONF, default_config_files=None):
+    """Parse the command line and the config files, then validate them.
+
+    Raises ConfigError naming every problem found.
+    """
+    logging.register_options(conf)
+    try:
+        conf(argv[1:],
+             project='cachekeeper',
+             version=version.version_string(),
+             default_config_files=default_config_files)
+    except cfg.ConfigFilesNotFoundError as e:
+        raise ConfigError(['cannot read config file %s: not found or '
+                           'not readable' % ', '.join(e.config_files)])
+    except cfg.ConfigFilesPermissionDeniedError as e:
+        raise ConfigError(['cannot read config file %s: permission denied'
+                           % ', '.join(e.config_files)])
+    except cfg.ConfigDirNotFoundError as e:
+        raise ConfigError(['config directory %s not found' % e.config_dir])
+    except cfg.ConfigFileParseError as e:
+        raise ConfigError(['cannot parse config file %s: %s'
+                           % (e.config_file, e.msg)])
+    except cfg.Error as e:
+        raise ConfigError([str(e).replace('\n', ' ')])
+    problems = validate(conf)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate(conf):
+    """Return a list of problems with the configuration, one line each."""
+    problems = _invalid_values(conf)
+    if problems:
+        # The cross-option checks below read values, which would fail again.
+        return problems
+    return _cross_option_problems(conf)
+
+
+def _invalid_values(conf):
+    """Read every option once: oslo.config checks file values lazily."""
+    problems = []
+    for group, name in _all_options(conf):
+        try:
+            (conf[group] if group != 'DEFAULT' else conf)[name]
+        except (cfg.ConfigFileValueError, ValueError) as e:
+            problems.append(_option_problem(group, name, _reason(e)))
+    return problems
+
+
+def _all_options(conf):
+    for key in sorted(conf):
+        if isinstance(conf[key], cfg.ConfigOpts.GroupAttr):
+            for name in sorted(conf[key]):
+                yield key, name
+        elif not isinstance(conf[key], cfg.ConfigOpts.SubCommandAttr):
+            yield 'DEFAULT', key
+
+
+def _reason(error):
+    # oslo.config says where the value came from, then why it is bad.
+    message = str(error).replace('\n', ' ')
+    return message.split(' is not valid: ', 1)[-1]
+
+
+def _option_problem(group, name, reason):
+    return '[%s] %s: %s' % (group, name, reason)
+
+
+def _cross_option_problems(conf):
+    ic = conf.image_cache
+    problems = []
+
+    def problem(group, name, reason):
+        problems.append(_option_problem(group, name, reason))
+
+    if not os.path.isabs(conf.instances_path):
+        problem('DEFAULT', 'instances_path', 'must be an absolute path')
+    name = ic.subdirectory_name
+    if (not name or name in ('.', '..') or os.sep in name
+            or '\0' in name or name == 'locks'):
+        problem('image_cache', 'subdirectory_name',
+                'must be a single path component below instances_path, '
+                'got %r' % name)
+    if ic.disk_low_watermark_percent >= ic.disk_high_watermark_percent:
+        problem('image_cache', 'disk_low_watermark_percent',
+                'must be lower than [image_cache] '
+                'disk_high_watermark_percent (%d >= %d)' % (
+                    ic.disk_low_watermark_percent,
+                    ic.disk_high_watermark_percent))
+    if any(not image_id.strip() for image_id in ic.pinned_images):
+        problem('image_cache', 'pinned_images', 'contains an empty image id')
+    if not conf.host:
+        problem('DEFAULT', 'host', 'must not be empty')
+    if not os.path.isabs(conf.scrubber.quarantine_dir):
+        problem('scrubber', 'quarantine_dir', 'must be an absolute path')
+    if '://' not in conf.coordination.backend_url:
+        problem('coordination', 'backend_url',
+                'must be a tooz URL such as redis://127.0.0.1:6379, got %r'
+                % conf.coordination.backend_url)
+    state_problem = _state_path_problem(conf.state_path)
+    if state_problem:
+        problem('DEFAULT', 'state_path', state_problem)
+    return problems
+
+
+def _state_path_problem(path):
+    if not os.path.isabs(path):
+        return 'must be an absolute path'
+    if not os.path.isdir(path):
+        return '%s does not exist or is not a directory' % path
+    if not os.access(path, os.W_OK | os.X_OK):
+        return '%s is not writable by this user' % path
+    return None

@@ -1,0 +1,143 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The daemon's oslo.service Service: one cache pass every interval."""
+
+import threading
+import time
+
+from oslo_log import log as logging
+from oslo_service import service
+
+from cachekeeper.cache import manager
+import cachekeeper.conf
+from cachekeeper import report
+
+CONF = cachekeeper.conf.CONF
+LOG = logging.getLogger(__name__)
+
+# The first pass waits a moment so that start-up messages come first.
+FIRST_PASS_DELAY = 1.0
+# nova's meaning of manager_interval = 0.
+DEFAULT_INTERVAL = 60
+# How long stop() lets a running pass reach the end of its current file.
+STOP_TIMEOUT = 4.0
+# The longest the loop sleeps at once. Under eventlet a signal is handled
+# only when the hub wakes up, so long sleeps would delay SIGTERM and SIGHUP.
+MAX_SLEEP = 0.5
+
+
+def pass_interval():
+    """Seconds between passes, or None when passes are disabled."""
+    interval = CONF.image_cache.manager_interval
+    if interval < 0:
+        return None
+    return interval or DEFAULT_INTERVAL
+
+
+class CacheKeeperService(service.Service):
+
+    def __init__(self, notifier):
+        super().__init__()
+        self._notifier = notifier
+        # Made in start(): under the threading backend start() runs in the
+        # forked worker, and threads or events made before the fork are lost.
+        self._stopping = None
+        self._wakeup = None
+        self._loop_done = None
+        self._manager = None
+        self._first_pass_at = None
+
+    def start(self):
+        super().start()
+        self._stopping = threading.Event()
+        self._wakeup = threading.Event()
+        self._loop_done = threading.Event()
+        self._manager = manager.CacheManager(CONF)
+        self._first_pass_at = time.monotonic() + FIRST_PASS_DELAY
+        CONF.register_mutate_hook(self._config_changed)
+        self.tg.add_thread(self._run)
+        self._log_interval('Started')
+        self._notifier.ready()
+        self._notifier.status('Waiting for the first pass')
+
+    def reset(self):
+        # Called after SIGHUP (eventlet backend): re-plan the next pass
+        # with the new interval instead of sleeping out the old one.
+        super().reset()
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def stop(self, graceful=False):
+        self._notifier.stopping()
+        if self._stopping is not None:
+            self._stopping.set()
+            self._wakeup.set()
+            # The pass checks _stopping between two files; let it get there.
+            if not self._loop_done.wait(STOP_TIMEOUT):
+                LOG.warning('The running pass did not stop within %.0fs',
+                            STOP_TIMEOUT)
+        super().stop(graceful)
+
+    def _config_changed(self, conf, fresh):
+        self._log_interval('Configuration reloaded')
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _log_interval(self, what):
+        interval = pass_interval()
+        if interval is None:
+            LOG.info('%s: passes are disabled '
+                     '([image_cache] manager_interval = %d)',
+                     what, CONF.image_cache.manager_interval)
+        else:
+            LOG.info('%s: a pass every %d s', what, interval)
+
+    def _run(self):
+        try:
+            last_start = None
+            while not self._stopping.is_set():
+                delay = self._seconds_to_next_pass(last_start)
+                if delay is None or delay > 0:
+                    self._wakeup.wait(min(delay or MAX_SLEEP, MAX_SLEEP))
+                    self._wakeup.clear()
+                    continue
+                last_start = time.monotonic()
+                self._run_pass()
+        finally:
+            self._loop_done.set()
+
+    def _seconds_to_next_pass(self, last_start):
+        """None: wait for a wakeup (passes disabled); else seconds to wait."""
+        interval = pass_interval()
+        if interval is None:
+            return None
+        if last_start is None:
+            return self._first_pass_at - time.monotonic()
+        return last_start + interval - time.monotonic()
+
+    def _run_pass(self):
+        try:
+            result = self._manager.run_pass(stop_event=self._stopping)
+        except Exception:
+            # A failed pass must never end the loop: the next one may work.
+            LOG.exception('Cache pass failed')
+            self._notifier.status('Last pass failed; see the log')
+            return
+        line = result.summary_line()
+        LOG.info('%s', line)
+        self._notifier.status(line)
+        try:
+            report.write(result, CONF.state_path)
+        except OSError as e:
+            LOG.error('Cannot write the pass report into %s: %s',
+                      CONF.state_path, e)

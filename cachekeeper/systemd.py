@@ -1,0 +1,65 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""sd_notify(3) messages: READY, STATUS and STOPPING.
+
+oslo.service's launchers send READY=1 as soon as they start and then drop
+NOTIFY_SOCKET from the environment. The daemon takes the socket first, so
+that READY=1 means "configuration valid, service started", and keeps it for
+STATUS= and STOPPING=1, which oslo.service does not send.
+"""
+
+import os
+import socket
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+
+class Notifier:
+
+    def __init__(self, address=None):
+        if address and address.startswith('@'):
+            address = '\0' + address[1:]
+        self._address = address
+        self._failing = False
+
+    @classmethod
+    def from_environment(cls):
+        """Take NOTIFY_SOCKET out of the environment so launchers skip it."""
+        return cls(os.environ.pop('NOTIFY_SOCKET', None))
+
+    def ready(self):
+        self._send('READY=1')
+
+    def status(self, text):
+        self._send('STATUS=' + text.replace('\n', ' '))
+
+    def stopping(self):
+        self._send('STOPPING=1')
+
+    def _send(self, message):
+        if not self._address:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(self._address)
+                sock.sendall(message.encode('utf-8'))
+        except OSError as e:
+            if not self._failing:
+                LOG.warning('Cannot notify systemd (%s): %s', message, e)
+            self._failing = True
+        else:
+            if self._failing:
+                LOG.info('Notifying systemd works again')
+            self._failing = False
