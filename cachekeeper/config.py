@@ -58,6 +58,9 @@ def parse_args(argv, conf=CONF, default_config_files=None):
                            % (e.config_file, e.msg)])
     except cfg.Error as e:
         raise ConfigError([str(e).replace('\n', ' ')])
+    except OSError as e:
+        raise ConfigError(['cannot read config file %s: %s'
+                           % (e.filename, e.strerror)])
     problems = validate(conf)
     if problems:
         raise ConfigError(problems)
@@ -75,21 +78,19 @@ def validate(conf):
 def _invalid_values(conf):
     """Read every option once: oslo.config checks file values lazily."""
     problems = []
-    for group, name in _all_options(conf):
+
+    def read(namespace, group, name):
         try:
-            (conf[group] if group != 'DEFAULT' else conf)[name]
+            return namespace[name]
         except (cfg.ConfigFileValueError, ValueError) as e:
             problems.append(_option_problem(group, name, _reason(e)))
-    return problems
 
-
-def _all_options(conf):
     for key in sorted(conf):
-        if isinstance(conf[key], cfg.ConfigOpts.GroupAttr):
-            for name in sorted(conf[key]):
-                yield key, name
-        elif not isinstance(conf[key], cfg.ConfigOpts.SubCommandAttr):
-            yield 'DEFAULT', key
+        value = read(conf, 'DEFAULT', key)
+        if isinstance(value, cfg.ConfigOpts.GroupAttr):
+            for name in sorted(value):
+                read(value, key, name)
+    return problems
 
 
 def _reason(error):
@@ -127,7 +128,10 @@ def _cross_option_problems(conf):
         problem('image_cache', 'pinned_images', 'contains an empty image id')
     if not conf.host:
         problem('DEFAULT', 'host', 'must not be empty')
-    if not os.path.isabs(conf.scrubber.quarantine_dir):
+    # A relative instances_path makes the default quarantine_dir relative
+    # too; one line about the cause is enough.
+    if (os.path.isabs(conf.instances_path)
+            and not os.path.isabs(conf.scrubber.quarantine_dir)):
         problem('scrubber', 'quarantine_dir', 'must be an absolute path')
     if '://' not in conf.coordination.backend_url:
         problem('coordination', 'backend_url',

@@ -33,6 +33,11 @@ class Notifier:
             address = '\0' + address[1:]
         self._address = address
         self._failing = False
+        self._stopping_sent = False
+        # Under the threading backend the service runs in a forked worker
+        # that is replaced on SIGHUP: only the main process may say that
+        # the service is stopping.
+        self._main_pid = os.getpid()
 
     @classmethod
     def from_environment(cls):
@@ -46,7 +51,9 @@ class Notifier:
         self._send('STATUS=' + text.replace('\n', ' '))
 
     def stopping(self):
-        self._send('STOPPING=1')
+        if os.getpid() == self._main_pid and not self._stopping_sent:
+            self._stopping_sent = True
+            self._send('STOPPING=1')
 
     def _send(self, message):
         if not self._address:

@@ -47,4 +47,5 @@ def main():
         CONF, service.CacheKeeperService(notifier), workers=1,
         restart_method='mutate')
     launcher.wait()
+    notifier.stopping()
     return 0
