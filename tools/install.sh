@@ -1,0 +1,26 @@
+#!/bin/bash
+# Install everything cachekeeper and its tests need on a Debian host:
+# system packages (when missing, and only as root) and a virtualenv in
+# .venv holding cachekeeper (editable) with its runtime and test
+# requirements. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
+command -v prlimit >/dev/null || missing+=(util-linux)
+command -v git >/dev/null || missing+=(git)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install.sh: please install as root: ${missing[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r requirements.txt -r test-requirements.txt -e .
