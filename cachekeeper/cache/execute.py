@@ -1,0 +1,217 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Carry out a plan: refresh files in use, remove the unused ones.
+
+A removal happens under nova's lock for the file, and only after the facts
+the plan rested on were checked again inside that lock: the file is still
+the one the scan saw, nobody touched it since, and no instance has started
+to use it. Any doubt keeps the file. One file's failure never ends the
+pass.
+"""
+
+import dataclasses
+import errno
+import os
+import stat
+import threading
+import time
+
+from oslo_log import log as logging
+
+from cachekeeper.cache import facts
+from cachekeeper.cache import locks
+from cachekeeper.cache import plan
+from cachekeeper import report
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ExecuteResult:
+    """What carrying out a plan did, for the PassReport.
+
+    ``files`` holds one FileReport per decision, in the same order;
+    ``bytes_removed`` counts the disk space (allocated blocks) of the files
+    actually removed, so it is 0 in a dry run.
+    """
+
+    files: list = dataclasses.field(default_factory=list)
+    errors: list = dataclasses.field(default_factory=list)
+    bytes_removed: int = 0
+    interrupted: bool = False
+
+    def add_error(self, path, message):
+        self.errors.append({'path': path, 'message': message})
+
+
+def execute(decisions, inventory, instances_path, policy, now_fn=time.time,
+            dry_run=False, stop_event=None):
+    """Carry out ``decisions`` (from plan.plan) and return an ExecuteResult.
+
+    ``inventory`` re-checks the references to a file inside its lock;
+    ``stop_event`` (a threading.Event) ends the pass between two files,
+    never between taking a lock and removing the file.
+    """
+    result = ExecuteResult()
+    executor = _Executor(result, inventory, instances_path, policy, now_fn,
+                         dry_run)
+    for index, decision in enumerate(decisions):
+        if stop_event is not None and stop_event.is_set():
+            result.interrupted = True
+            result.files.extend(_interrupted(d) for d in decisions[index:])
+            break
+        result.files.append(executor.carry_out(decision))
+    return result
+
+
+def _interrupted(decision):
+    if decision.verdict == facts.REMOVABLE:
+        return report.FileReport.from_decision(decision, facts.KEPT,
+                                               'pass interrupted')
+    return report.FileReport.from_decision(decision)
+
+
+def _remove(base_file):
+    """Remove a cache file; the one place a pass deletes anything."""
+    os.unlink(base_file.path)
+
+
+def _errno_text(exc):
+    name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
+    return '%s (%s)' % (name, exc.strerror)
+
+
+def _changed_since_scan(base_file, st):
+    """Return why ``st`` is not the file the scan saw, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return 'replaced by a non-regular file since scan'
+    if (st.st_dev, st.st_ino) != (base_file.dev, base_file.ino):
+        return 'replaced by another file since scan'
+    return None
+
+
+class _Executor:
+    """Carries out the decision for one file and records its errors."""
+
+    def __init__(self, result, inventory, instances_path, policy, now_fn,
+                 dry_run):
+        self.result = result
+        self.inventory = inventory
+        self.instances_path = instances_path
+        self.policy = policy
+        self.now_fn = now_fn
+        self.dry_run = dry_run
+
+    def carry_out(self, decision):
+        path = decision.base_file.path
+        try:
+            if decision.verdict == facts.IN_USE:
+                return self._refresh(decision)
+            if decision.verdict == facts.REMOVABLE:
+                return self._remove_if_unused(decision)
+            return report.FileReport.from_decision(decision)
+        except (OSError, threading.ThreadError) as exc:
+            message = 'could not carry out the decision for %s: %s' % (
+                path, exc)
+        except Exception as exc:
+            LOG.exception('Unexpected error on image cache file %s', path)
+            message = 'unexpected error on %s: %s' % (path, exc)
+        self.result.add_error(path, message)
+        # A file in use stays in use whatever went wrong around it.
+        verdict = (facts.IN_USE if decision.verdict == facts.IN_USE
+                   else facts.ERROR)
+        return report.FileReport.from_decision(decision, verdict, message)
+
+    def _refresh(self, decision):
+        """Refresh the mtime of a file in use, as nova's spawn does."""
+        if self.dry_run:
+            return report.FileReport.from_decision(decision)
+        return report.FileReport.from_decision(
+            decision, reason=self._touch(decision.base_file, decision.reason))
+
+    def _touch(self, base_file, reason):
+        """Touch ``base_file``; return ``reason`` plus what got in the way."""
+        path = base_file.path
+        try:
+            changed = _changed_since_scan(base_file, os.lstat(path))
+            if changed:
+                return '%s; not touched: %s' % (reason, changed)
+            # A symlink swapped in after the lstat gets its own time set,
+            # never its target's.
+            os.utime(path, follow_symlinks=False)
+        except OSError as exc:
+            message = ('could not refresh the modification time of %s: %s'
+                       % (path, _errno_text(exc)))
+            self.result.add_error(path, message)
+            return '%s; %s' % (reason, message)
+        return reason
+
+    def _remove_if_unused(self, decision):
+        base_file = decision.base_file
+        if self.dry_run:
+            return report.FileReport.from_decision(
+                decision, facts.REMOVED,
+                'dry run: would remove: %s' % decision.reason)
+        with locks.nova_lock(self.instances_path, base_file.name):
+            refusal = self._recheck(decision)
+            if refusal is None:
+                return self._remove_rechecked(decision)
+        verdict, reason = refusal
+        LOG.info('Kept image cache file %s: %s', base_file.path, reason)
+        return report.FileReport.from_decision(decision, verdict, reason)
+
+    def _remove_rechecked(self, decision):
+        base_file = decision.base_file
+        try:
+            _remove(base_file)
+        except OSError as exc:
+            message = 'could not remove %s: %s' % (base_file.path,
+                                                   _errno_text(exc))
+            self.result.add_error(base_file.path, message)
+            return report.FileReport.from_decision(decision, facts.ERROR,
+                                                   message)
+        # Identity and mtime are still those of the scan, so is the
+        # allocation.
+        self.result.bytes_removed += base_file.allocated
+        LOG.info('Removed unused image cache file %s: %s', base_file.path,
+                 decision.reason)
+        return report.FileReport.from_decision(decision, facts.REMOVED)
+
+    def _recheck(self, decision):
+        """Check again, under the lock, that the file may go.
+
+        Returns None if it may, else the (verdict, reason) to report.
+        """
+        base_file = decision.base_file
+        try:
+            st = os.lstat(base_file.path)
+        except FileNotFoundError:
+            return facts.KEPT, 'no longer exists'
+        changed = _changed_since_scan(base_file, st)
+        if changed:
+            return facts.KEPT, changed
+        min_age = self.policy.min_age(base_file.kind)
+        age = self.now_fn() - st.st_mtime
+        if st.st_mtime != base_file.mtime:
+            return facts.KEPT, 're-touched since scan'
+        if age < min_age:
+            return facts.KEPT, 'unused for only %s of %s at re-check' % (
+                plan.format_duration(max(age, 0)),
+                plan.format_duration(min_age))
+        references, doubts = self.inventory.recheck(base_file.name)
+        if references:
+            reason = plan.references_reason(references)
+            return facts.IN_USE, self._touch(base_file, reason)
+        if doubts:
+            return facts.KEPT, plan.doubts_reason(doubts)
+        return None

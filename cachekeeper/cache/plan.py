@@ -1,0 +1,163 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The rules of the image cache: one verdict per cache file.
+
+Everything here is a pure function of its arguments. The scan, the
+inventory and the clock are read by the caller, so every rule can be tested
+with plain values and a pass can be explained after the fact.
+"""
+
+import hashlib
+
+from cachekeeper.cache import facts
+
+# Cache file kinds whose name starts with the sha1 of an image id.
+_IMAGE_VARIANT_KINDS = (facts.RESIZED, facts.LEGACY_SM)
+_SHA1_LENGTH = 40
+
+_DURATION_UNITS = (('d', 86400), ('h', 3600), ('m', 60), ('s', 1))
+
+
+def image_cache_name(image_id):
+    """Return the name nova gives the cached copy of image ``image_id``."""
+    return hashlib.sha1(image_id.encode('utf-8'),
+                        usedforsecurity=False).hexdigest()
+
+
+def policy_from_conf(conf):
+    """Build the Policy of a pass from the [image_cache] options."""
+    opts = conf.image_cache
+    original_min_age = opts.remove_unused_original_minimum_age_seconds
+    swap_min_age = opts.remove_unused_swap_minimum_age_seconds
+    ephemeral_min_age = opts.remove_unused_ephemeral_minimum_age_seconds
+    return facts.Policy(
+        remove_unused=opts.remove_unused_base_images,
+        original_min_age=original_min_age,
+        resized_min_age=opts.remove_unused_resized_minimum_age_seconds,
+        swap_min_age=(original_min_age if swap_min_age is None
+                      else swap_min_age),
+        ephemeral_min_age=(original_min_age if ephemeral_min_age is None
+                           else ephemeral_min_age),
+        pinned_names=frozenset(image_cache_name(image_id)
+                               for image_id in opts.pinned_images
+                               if image_id))
+
+
+def format_duration(seconds):
+    """Render a number of seconds as '2h', '1d 3h' or '45s'."""
+    seconds = int(seconds)
+    for index, (suffix, size) in enumerate(_DURATION_UNITS):
+        if seconds < size:
+            continue
+        text = '%d%s' % (seconds // size, suffix)
+        if index + 1 < len(_DURATION_UNITS):
+            next_suffix, next_size = _DURATION_UNITS[index + 1]
+            rest = seconds % size // next_size
+            if rest:
+                text += ' %d%s' % (rest, next_suffix)
+        return text
+    return '0s'
+
+
+def references_reason(references):
+    """Say why a file is in use, from the evidence for it."""
+    first = references[0]
+    text = first.reason or 'used by %s' % first.source
+    return _with_more(text, len(references) - 1)
+
+
+def doubts_reason(doubts):
+    """Say why a file that may be unused is kept, from what was unread."""
+    first = doubts[0]
+    text = 'not removed: %s could not be read: %s' % (first.source,
+                                                      first.message)
+    return _with_more(text, len(doubts) - 1)
+
+
+def _with_more(text, more):
+    return '%s (+%d more)' % (text, more) if more else text
+
+
+def _foreign_reason(base_file):
+    what = ('unrecognised name' if base_file.is_regular
+            else base_file.file_type)
+    return '%s; never removed' % what
+
+
+def _pinned_reason(name, kind, pinned_names):
+    if name in pinned_names:
+        return 'pinned by [image_cache] pinned_images'
+    if kind in _IMAGE_VARIANT_KINDS and name[:_SHA1_LENGTH] in pinned_names:
+        return ('copy of %s, pinned by [image_cache] pinned_images'
+                % name[:_SHA1_LENGTH])
+    return None
+
+
+def _too_young_reason(age, min_age):
+    if age < 0:
+        return ('unused, modification time %s in the future (minimum age '
+                '%s)' % (format_duration(-age), format_duration(min_age)))
+    return 'unused, %s of %s' % (format_duration(age),
+                                 format_duration(min_age))
+
+
+def decide(base_file, usage, policy, now):
+    """Return the Decision for one cache file.
+
+    The first rule that applies wins: foreign entries are ignored, download
+    residue is kept, referenced files are in use, pinned files are pinned;
+    then, if removal is enabled, files younger than their kind's minimum
+    age (or with an mtime in the future) are too young, files the
+    inventory has doubts about are kept, and the rest are removable.
+    """
+    name = base_file.name
+    kind = base_file.kind
+    age = now - base_file.mtime
+
+    def decision(verdict, reason, **extra):
+        return facts.Decision(base_file, verdict, reason, age, **extra)
+
+    if kind == facts.FOREIGN:
+        return decision(facts.IGNORED, _foreign_reason(base_file))
+    if kind == facts.RESIDUE:
+        return decision(facts.KEPT, 'download residue; not removed')
+    references = tuple(usage.references_to(name))
+    if references:
+        return decision(facts.IN_USE, references_reason(references),
+                        references=references)
+    pinned_reason = _pinned_reason(name, kind, policy.pinned_names)
+    if pinned_reason:
+        return decision(facts.PINNED, pinned_reason)
+    if not policy.remove_unused:
+        return decision(facts.KEPT, 'removal disabled by [image_cache] '
+                                    'remove_unused_base_images')
+    min_age = policy.min_age(kind)
+    if age < min_age:
+        return decision(facts.TOO_YOUNG, _too_young_reason(age, min_age),
+                        min_age=min_age)
+    doubts = usage.doubts_about(name)
+    if doubts:
+        return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
+    return decision(facts.REMOVABLE,
+                    'unused for %s (minimum %s)' % (format_duration(age),
+                                                    format_duration(min_age)),
+                    min_age=min_age)
+
+
+def plan(base_files, usage, policy, now):
+    """Return one Decision per BaseFile, in the same order.
+
+    ``now`` is the wall-clock time (seconds since the epoch) the ages are
+    measured at.
+    """
+    return [decide(base_file, usage, policy, now) for base_file in base_files]

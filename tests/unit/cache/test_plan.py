@@ -1,0 +1,396 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import unittest
+
+from oslo_config import cfg
+
+from cachekeeper.cache import facts
+from cachekeeper.cache import plan
+from cachekeeper.conf import image_cache
+
+NOW = 1800000000.0
+HOUR = 3600
+DAY = 86400
+
+IMAGE = plan.image_cache_name('11111111-1111-1111-1111-111111111111')
+OTHER = plan.image_cache_name('22222222-2222-2222-2222-222222222222')
+
+POLICY = facts.Policy(remove_unused=True,
+                      original_min_age=DAY,
+                      resized_min_age=HOUR,
+                      swap_min_age=2 * HOUR,
+                      ephemeral_min_age=3 * HOUR)
+
+
+def base_file(name, kind, age=10 * DAY, file_type='file'):
+    return facts.BaseFile(name=name, path='/instances/_base/' + name,
+                          kind=kind, file_type=file_type, size=1024,
+                          allocated=4096, mtime=NOW - age, dev=1, ino=2)
+
+
+def usage(references=(), doubts=()):
+    result = facts.Usage()
+    for reference in references:
+        result.add_reference(reference)
+    for doubt in doubts:
+        result.add_doubt(doubt)
+    return result
+
+
+def reference(name, source='/instances/uuid-1/disk', reason=''):
+    return facts.Reference(name=name, source=source, reason=reason)
+
+
+def policy(**changes):
+    values = dict(remove_unused=POLICY.remove_unused,
+                  original_min_age=POLICY.original_min_age,
+                  resized_min_age=POLICY.resized_min_age,
+                  swap_min_age=POLICY.swap_min_age,
+                  ephemeral_min_age=POLICY.ephemeral_min_age,
+                  pinned_names=POLICY.pinned_names)
+    values.update(changes)
+    return facts.Policy(**values)
+
+
+class DecideTestCase(unittest.TestCase):
+
+    def assertDecision(self, decision, verdict, reason):
+        self.assertEqual((verdict, reason),
+                         (decision.verdict, decision.reason))
+
+    def test_foreign_entries_are_ignored_and_say_what_they_are(self):
+        cases = [
+            (IMAGE, 'symlink', 'symlink; never removed'),
+            ('subdir', 'directory', 'directory; never removed'),
+            ('pipe', 'fifo', 'fifo; never removed'),
+            ('notes.txt', 'file', 'unrecognised name; never removed'),
+        ]
+        for name, file_type, reason in cases:
+            with self.subTest(file_type=file_type):
+                entry = base_file(name, facts.FOREIGN, file_type=file_type)
+                # Even a reference to the name does not make it usable.
+                found = usage(references=[reference(name)])
+                decision = plan.decide(entry, found, POLICY, NOW)
+                self.assertDecision(decision, facts.IGNORED, reason)
+                self.assertEqual((), decision.references)
+
+    def test_residue_is_kept_whatever_else_holds(self):
+        entry = base_file(IMAGE + '.part', facts.RESIDUE, age=100 * DAY)
+        cases = [
+            ('old', usage(), POLICY),
+            ('referenced', usage(references=[reference(IMAGE + '.part')]),
+             POLICY),
+            ('pinned', usage(), policy(pinned_names=frozenset([IMAGE]))),
+            ('doubt', usage(doubts=[facts.Doubt('/x', 'gone')]), POLICY),
+        ]
+        for label, found, rules in cases:
+            with self.subTest(label):
+                decision = plan.decide(entry, found, rules, NOW)
+                self.assertDecision(decision, facts.KEPT,
+                                    'download residue; not removed')
+
+    def test_referenced_file_is_in_use_whatever_else_holds(self):
+        refs = [reference(IMAGE, '/instances/a/disk', 'backing file of '
+                          '/instances/a/disk')]
+        cases = [
+            ('old', base_file(IMAGE, facts.ORIGINAL), POLICY),
+            ('young', base_file(IMAGE, facts.ORIGINAL, age=1), POLICY),
+            ('future mtime', base_file(IMAGE, facts.ORIGINAL, age=-HOUR),
+             POLICY),
+            ('pinned', base_file(IMAGE, facts.ORIGINAL),
+             policy(pinned_names=frozenset([IMAGE]))),
+            ('removal disabled', base_file(IMAGE, facts.ORIGINAL),
+             policy(remove_unused=False)),
+        ]
+        found = usage(references=refs,
+                      doubts=[facts.Doubt('/instances/b/disk', 'timeout')])
+        for label, entry, rules in cases:
+            with self.subTest(label):
+                decision = plan.decide(entry, found, rules, NOW)
+                self.assertDecision(decision, facts.IN_USE,
+                                    'backing file of /instances/a/disk')
+                self.assertEqual(tuple(refs), decision.references)
+
+    def test_in_use_reason_counts_further_references(self):
+        refs = [reference(IMAGE, '/instances/a/disk', 'backing file of a'),
+                reference(IMAGE, '/instances/b/disk', 'backing file of b'),
+                reference(IMAGE, '/instances/c/disk', 'backing file of c')]
+        decision = plan.decide(base_file(IMAGE, facts.ORIGINAL),
+                               usage(references=refs), POLICY, NOW)
+        self.assertDecision(decision, facts.IN_USE,
+                            'backing file of a (+2 more)')
+        self.assertEqual(tuple(refs), decision.references)
+
+    def test_in_use_reason_falls_back_to_the_source(self):
+        decision = plan.decide(
+            base_file(IMAGE, facts.ORIGINAL),
+            usage(references=[reference(IMAGE, '/instances/a/libvirt.xml')]),
+            POLICY, NOW)
+        self.assertDecision(decision, facts.IN_USE,
+                            'used by /instances/a/libvirt.xml')
+
+    def test_reference_to_another_name_does_not_count(self):
+        decision = plan.decide(base_file(IMAGE, facts.ORIGINAL),
+                               usage(references=[reference(OTHER)]),
+                               POLICY, NOW)
+        self.assertEqual(facts.REMOVABLE, decision.verdict)
+
+    def test_pinned_names_and_their_variants(self):
+        exact = 'pinned by [image_cache] pinned_images'
+        variant = 'copy of %s, pinned by [image_cache] pinned_images' % IMAGE
+        cases = [
+            (IMAGE, facts.ORIGINAL, exact),
+            (IMAGE + '_10737418240', facts.RESIZED, variant),
+            (IMAGE + '_sm', facts.LEGACY_SM, variant),
+        ]
+        rules = policy(pinned_names=frozenset([IMAGE]))
+        for name, kind, reason in cases:
+            with self.subTest(name=name):
+                decision = plan.decide(base_file(name, kind), usage(), rules,
+                                       NOW)
+                self.assertDecision(decision, facts.PINNED, reason)
+
+    def test_pinning_wins_over_age_removal_switch_and_doubts(self):
+        rules = policy(pinned_names=frozenset([IMAGE]))
+        doubt = facts.Doubt('/instances/a/disk', 'timeout')
+        cases = [
+            ('young', base_file(IMAGE, facts.ORIGINAL, age=1), usage(),
+             rules),
+            ('future mtime', base_file(IMAGE, facts.ORIGINAL, age=-DAY),
+             usage(), rules),
+            ('doubt', base_file(IMAGE, facts.ORIGINAL),
+             usage(doubts=[doubt]), rules),
+            ('removal disabled', base_file(IMAGE, facts.ORIGINAL), usage(),
+             policy(pinned_names=frozenset([IMAGE]), remove_unused=False)),
+        ]
+        for label, entry, found, rules in cases:
+            with self.subTest(label):
+                decision = plan.decide(entry, found, rules, NOW)
+                self.assertEqual(facts.PINNED, decision.verdict)
+
+    def test_other_images_and_names_are_not_pinned(self):
+        rules = policy(pinned_names=frozenset([IMAGE]))
+        cases = [
+            (OTHER, facts.ORIGINAL),
+            (OTHER + '_10737418240', facts.RESIZED),
+            ('swap_512', facts.SWAP),
+            ('ephemeral_20_40d1d2c', facts.EPHEMERAL),
+        ]
+        for name, kind in cases:
+            with self.subTest(name=name):
+                decision = plan.decide(base_file(name, kind), usage(), rules,
+                                       NOW)
+                self.assertEqual(facts.REMOVABLE, decision.verdict)
+
+    def test_removal_disabled_keeps_old_young_and_doubted_files(self):
+        rules = policy(remove_unused=False)
+        reason = ('removal disabled by [image_cache] '
+                  'remove_unused_base_images')
+        cases = [
+            ('old', base_file(IMAGE, facts.ORIGINAL, age=100 * DAY), usage()),
+            ('young', base_file(IMAGE, facts.ORIGINAL, age=1), usage()),
+            ('doubt', base_file(IMAGE, facts.ORIGINAL),
+             usage(doubts=[facts.Doubt('/x', 'gone')])),
+            ('swap', base_file('swap_512', facts.SWAP), usage()),
+        ]
+        for label, entry, found in cases:
+            with self.subTest(label):
+                decision = plan.decide(entry, found, rules, NOW)
+                self.assertDecision(decision, facts.KEPT, reason)
+
+    def test_minimum_age_per_kind_at_the_boundary(self):
+        cases = [
+            (IMAGE, facts.ORIGINAL, DAY, '1d'),
+            (IMAGE + '_10737418240', facts.RESIZED, HOUR, '1h'),
+            (IMAGE + '_sm', facts.LEGACY_SM, HOUR, '1h'),
+            ('swap_512', facts.SWAP, 2 * HOUR, '2h'),
+            ('ephemeral_20_40d1d2c', facts.EPHEMERAL, 3 * HOUR, '3h'),
+        ]
+        for name, kind, min_age, text in cases:
+            with self.subTest(kind=kind):
+                young = plan.decide(base_file(name, kind, age=min_age - 1),
+                                    usage(), POLICY, NOW)
+                self.assertEqual(facts.TOO_YOUNG, young.verdict)
+                self.assertEqual(min_age, young.min_age)
+                self.assertEqual(min_age - 1, young.age)
+
+                old = plan.decide(base_file(name, kind, age=min_age),
+                                  usage(), POLICY, NOW)
+                self.assertDecision(
+                    old, facts.REMOVABLE,
+                    'unused for %s (minimum %s)' % (text, text))
+                self.assertEqual(min_age, old.min_age)
+                self.assertEqual(min_age, old.age)
+
+    def test_too_young_reason(self):
+        decision = plan.decide(base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR),
+                               usage(), POLICY, NOW)
+        self.assertDecision(decision, facts.TOO_YOUNG, 'unused, 2h of 1d')
+
+    def test_future_mtime_is_too_young_even_without_minimum_age(self):
+        for min_age in (0, DAY):
+            with self.subTest(min_age=min_age):
+                decision = plan.decide(
+                    base_file(IMAGE, facts.ORIGINAL, age=-300), usage(),
+                    policy(original_min_age=min_age), NOW)
+                self.assertEqual(facts.TOO_YOUNG, decision.verdict)
+                self.assertEqual(-300, decision.age)
+                self.assertIn('5m in the future', decision.reason)
+
+    def test_zero_age(self):
+        entry = base_file(IMAGE, facts.ORIGINAL, age=0)
+        decision = plan.decide(entry, usage(),
+                               policy(original_min_age=0), NOW)
+        self.assertDecision(decision, facts.REMOVABLE,
+                            'unused for 0s (minimum 0s)')
+        decision = plan.decide(entry, usage(),
+                               policy(original_min_age=1), NOW)
+        self.assertDecision(decision, facts.TOO_YOUNG, 'unused, 0s of 1s')
+
+    def test_too_young_wins_over_doubts(self):
+        found = usage(doubts=[facts.Doubt('/instances/a/disk', 'timeout')])
+        decision = plan.decide(base_file(IMAGE, facts.ORIGINAL, age=HOUR),
+                               found, POLICY, NOW)
+        self.assertEqual(facts.TOO_YOUNG, decision.verdict)
+
+    def test_doubt_about_everything_keeps_every_old_unused_file(self):
+        found = usage(doubts=[
+            facts.Doubt('/instances/a/disk', 'qemu-img timed out')])
+        reason = ('not removed: /instances/a/disk could not be read: '
+                  'qemu-img timed out')
+        for name, kind in ((IMAGE, facts.ORIGINAL),
+                           ('swap_512', facts.SWAP),
+                           (OTHER + '_sm', facts.LEGACY_SM)):
+            with self.subTest(name=name):
+                decision = plan.decide(base_file(name, kind), found, POLICY,
+                                       NOW)
+                self.assertDecision(decision, facts.KEPT, reason)
+                self.assertEqual(POLICY.min_age(kind), decision.min_age)
+
+    def test_doubt_about_some_names_keeps_only_those(self):
+        found = usage(doubts=[facts.Doubt(
+            '/instances/a/disk.local', 'EACCES', frozenset([IMAGE]))])
+        kept = plan.decide(base_file(IMAGE, facts.ORIGINAL), found, POLICY,
+                           NOW)
+        self.assertDecision(kept, facts.KEPT,
+                            'not removed: /instances/a/disk.local could not '
+                            'be read: EACCES')
+        other = plan.decide(base_file(OTHER, facts.ORIGINAL), found, POLICY,
+                            NOW)
+        self.assertEqual(facts.REMOVABLE, other.verdict)
+
+    def test_doubt_reason_names_the_first_and_counts_the_rest(self):
+        found = usage(doubts=[
+            facts.Doubt('/instances/a', 'permission denied',
+                        frozenset([IMAGE])),
+            facts.Doubt('/instances/b/disk', 'timeout'),
+            facts.Doubt('/instances/c/disk', 'timeout', frozenset([OTHER])),
+        ])
+        decision = plan.decide(base_file(IMAGE, facts.ORIGINAL), found,
+                               POLICY, NOW)
+        self.assertDecision(decision, facts.KEPT,
+                            'not removed: /instances/a could not be read: '
+                            'permission denied (+1 more)')
+
+    def test_removable_reason_and_facts(self):
+        entry = base_file(IMAGE, facts.ORIGINAL, age=2 * DAY + 3 * HOUR)
+        decision = plan.decide(entry, usage(), POLICY, NOW)
+        self.assertEqual(
+            facts.Decision(entry, facts.REMOVABLE,
+                           'unused for 2d 3h (minimum 1d)',
+                           age=2 * DAY + 3 * HOUR, min_age=DAY),
+            decision)
+
+
+class PlanTestCase(unittest.TestCase):
+
+    def test_one_decision_per_file_in_the_same_order(self):
+        entries = [
+            base_file('swap_512', facts.SWAP),
+            base_file(IMAGE, facts.ORIGINAL),
+            base_file('lost+found', facts.FOREIGN, file_type='directory'),
+            base_file(OTHER, facts.ORIGINAL, age=1),
+        ]
+        found = usage(references=[reference(IMAGE)])
+        decisions = plan.plan(entries, found, POLICY, NOW)
+        self.assertEqual(entries, [d.base_file for d in decisions])
+        self.assertEqual([facts.REMOVABLE, facts.IN_USE, facts.IGNORED,
+                          facts.TOO_YOUNG],
+                         [d.verdict for d in decisions])
+
+    def test_empty_cache(self):
+        self.assertEqual([], plan.plan([], usage(), POLICY, NOW))
+
+
+class FormatDurationTestCase(unittest.TestCase):
+
+    def test_format_duration(self):
+        cases = [
+            (0, '0s'),
+            (0.9, '0s'),
+            (59, '59s'),
+            (60, '1m'),
+            (61, '1m 1s'),
+            (3599, '59m 59s'),
+            (HOUR, '1h'),
+            (2 * HOUR + 60, '2h 1m'),
+            (DAY, '1d'),
+            (DAY + HOUR, '1d 1h'),
+            (DAY + 61, '1d'),
+            (400 * DAY, '400d'),
+        ]
+        for seconds, text in cases:
+            with self.subTest(seconds=seconds):
+                self.assertEqual(text, plan.format_duration(seconds))
+
+
+class PolicyFromConfTestCase(unittest.TestCase):
+
+    def setUp(self):
+        self.conf = cfg.ConfigOpts()
+        image_cache.register_opts(self.conf)
+        self.conf([], project='cachekeeper-test', default_config_files=[])
+
+    def test_defaults_are_nova_defaults(self):
+        self.assertEqual(
+            facts.Policy(remove_unused=True, original_min_age=DAY,
+                         resized_min_age=HOUR, swap_min_age=DAY,
+                         ephemeral_min_age=DAY, pinned_names=frozenset()),
+            plan.policy_from_conf(self.conf))
+
+    def test_unset_swap_and_ephemeral_follow_original(self):
+        self.conf.set_override('remove_unused_original_minimum_age_seconds',
+                               7 * DAY, group='image_cache')
+        self.conf.set_override('remove_unused_ephemeral_minimum_age_seconds',
+                               0, group='image_cache')
+        result = plan.policy_from_conf(self.conf)
+        self.assertEqual(7 * DAY, result.original_min_age)
+        self.assertEqual(7 * DAY, result.swap_min_age)
+        self.assertEqual(0, result.ephemeral_min_age)
+
+    def test_removal_switch_and_resized_age(self):
+        self.conf.set_override('remove_unused_base_images', False,
+                               group='image_cache')
+        self.conf.set_override('remove_unused_resized_minimum_age_seconds',
+                               60, group='image_cache')
+        result = plan.policy_from_conf(self.conf)
+        self.assertFalse(result.remove_unused)
+        self.assertEqual(60, result.resized_min_age)
+
+    def test_pinned_images_become_cache_names(self):
+        self.conf.set_override('pinned_images', ['abc', 'image-2'],
+                               group='image_cache')
+        self.assertEqual(
+            frozenset(['a9993e364706816aba3e25717850c26c9cd0d89d',
+                       plan.image_cache_name('image-2')]),
+            plan.policy_from_conf(self.conf).pinned_names)
