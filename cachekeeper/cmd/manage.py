@@ -25,6 +25,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cachekeeper import config
+from cachekeeper import demo
 
 CONF = config.CONF
 
@@ -48,8 +49,29 @@ class ConfigCommands:
         return 0
 
 
+class DemoCommands:
+    """Build a demo compute host to try the daemon on."""
+
+    @args('path', metavar='DIR',
+          help='Where to build it: a new or empty directory, or an earlier '
+               'demo to rebuild.')
+    def create(self, path):
+        """Build a small compute host tree and a config file for it."""
+        try:
+            summary = demo.create(path)
+        except demo.NotADemoDirectory as e:
+            print('cachekeeper-manage: %s' % e, file=sys.stderr)
+            return config.EXIT_CONFIG
+        except demo.DemoError as e:
+            print('cachekeeper-manage: %s' % e, file=sys.stderr)
+            return 1
+        print('\n'.join(demo.describe(summary)))
+        return 0
+
+
 CATEGORIES = {
     'config': ConfigCommands,
+    'demo': DemoCommands,
 }
 
 
