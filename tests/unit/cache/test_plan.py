@@ -360,6 +360,9 @@ class PolicyFromConfTestCase(unittest.TestCase):
         self.conf = cfg.ConfigOpts()
         image_cache.register_opts(self.conf)
         self.conf([], project='cachekeeper-test', default_config_files=[])
+        # Option groups are shared between ConfigOpts objects (oslo.config
+        # copies them shallowly), so overrides must not outlive the test.
+        self.addCleanup(self.conf.reset)
 
     def test_defaults_are_nova_defaults(self):
         self.assertEqual(
