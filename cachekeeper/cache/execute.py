@@ -66,6 +66,9 @@ def execute(decisions, inventory, instances_path, policy, now_fn=time.time,
     executor = _Executor(result, inventory, instances_path, policy, now_fn,
                          dry_run)
     for index, decision in enumerate(decisions):
+        # Under eventlet nothing else runs while a pass works through its
+        # files: yield, so that a SIGTERM is handled between two files.
+        time.sleep(0)
         if stop_event is not None and stop_event.is_set():
             result.interrupted = True
             result.files.extend(_interrupted(d) for d in decisions[index:])

@@ -52,6 +52,9 @@ class ConfigCommands:
 class DemoCommands:
     """Build a demo compute host to try the daemon on."""
 
+    # It makes the configuration it will be run with.
+    uses_configuration = False
+
     @args('path', metavar='DIR',
           help='Where to build it: a new or empty directory, or an earlier '
                'demo to rebuild.')
@@ -107,7 +110,15 @@ def _action_kwargs(method):
 def main():
     CONF.register_cli_opt(category_opt)
     try:
-        config.parse_args(sys.argv)
+        config.parse_args(sys.argv, check=False)
+        # A category that makes its own configuration (demo) sets
+        # uses_configuration = False: the defaults need not be usable yet.
+        command_class = CONF.category.command_class
+        problems = (config.validate(CONF)
+                    if getattr(command_class, 'uses_configuration', True)
+                    else [])
+        if problems:
+            raise config.ConfigError(problems)
     except config.ConfigError as e:
         for problem in e.problems:
             print('cachekeeper-manage: %s' % problem, file=sys.stderr)
