@@ -1,0 +1,313 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Disk inspection: what format a disk has and which file backs it.
+
+``qemu-img info`` is the authority, as in nova, and runs under nova's
+address space and CPU time limits plus a wall-clock timeout. It is always
+told the format (``-f``): a format nobody recorded is chosen by reading a
+bounded header with oslo.utils' format inspector, never by letting qemu-img
+probe guest-written data.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils import imageutils
+from oslo_utils.imageutils import format_inspector
+from oslo_utils import units
+
+LOG = logging.getLogger(__name__)
+
+# Formats that cannot name a backing file: a disk in one of them ends its
+# chain and needs no qemu-img call. Names are both qemu's and the format
+# inspector's (which says 'vhd' for qemu's 'vpc' and knows 'iso', 'gpt').
+FORMATS_WITHOUT_BACKING = frozenset(
+    ('raw', 'iso', 'gpt', 'luks', 'vhd', 'vpc', 'vhdx', 'vdi'))
+
+# qemu-img info prints a few KiB; far more means something is wrong (or an
+# image with an absurd number of snapshots), and is not worth parsing.
+MAX_OUTPUT_BYTES = 8 * units.Mi
+
+# The format inspector decides within the first 256 KiB for real images;
+# a crafted header can point it further, so the read stops here.
+MAX_DETECT_BYTES = units.Mi
+_DETECT_CHUNK = 64 * units.Ki
+
+# How long to wait for a killed qemu-img to be reaped. SIGKILL cannot end a
+# process stuck in uninterruptible I/O (a dead NFS server), and a pass must
+# not hang on it.
+_REAP_TIMEOUT = 10
+
+
+class InspectError(Exception):
+    """A disk could not be inspected; ``message`` says why in one line."""
+
+    def __init__(self, path, message):
+        super().__init__('%s: %s' % (path, message))
+        self.path = path
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskInfo:
+    """What the header of one disk says about its chain.
+
+    ``backing_file`` is the name as written in the header (it may be
+    relative to the directory of ``path``), or None.
+    """
+
+    path: str
+    format: str
+    backing_file: str = None
+    backing_format: str = None
+
+
+def has_backing(fmt):
+    """Whether a disk in format ``fmt`` may have a backing file."""
+    return fmt not in FORMATS_WITHOUT_BACKING
+
+
+def _one_line(text, limit=200):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ''
+    return line if len(line) <= limit else line[:limit] + '...'
+
+
+class Inspector:
+    """Runs qemu-img info under limits, one call or a bounded pool of them."""
+
+    def __init__(self, cpu_time_limit=30, address_space_limit_gb=2,
+                 timeout=60, workers=4):
+        self.cpu_time_limit = cpu_time_limit
+        self.address_space_limit = address_space_limit_gb * units.Gi
+        self.timeout = timeout
+        self.workers = workers
+        self.qemu_img_calls = 0
+        self._calls_lock = threading.Lock()
+        # util-linux prlimit sets the limits and execs qemu-img in ~1 ms;
+        # oslo's prlimit wrapper would start a Python interpreter per call.
+        self._prlimit = shutil.which('prlimit')
+
+    @classmethod
+    def from_conf(cls, conf):
+        return cls(
+            cpu_time_limit=conf.libvirt.images_cpu_time_limit,
+            address_space_limit_gb=conf.libvirt.images_address_space_limit,
+            timeout=conf.image_cache.inspect_timeout,
+            workers=conf.image_cache.inspect_workers)
+
+    def _command(self, path, fmt):
+        command = ['qemu-img', 'info', '--output=json', '--force-share',
+                   '-f', fmt, path]
+        if self._prlimit:
+            command = [self._prlimit,
+                       '--as=%d' % self.address_space_limit,
+                       '--cpu=%d' % self.cpu_time_limit,
+                       '--'] + command
+        return command
+
+    def _prepare_child(self):
+        # Runs in the child between fork and exec. A session of its own lets
+        # a timeout kill qemu-img together with anything it started.
+        os.setsid()
+        if not self._prlimit:
+            resource.setrlimit(resource.RLIMIT_AS,
+                               (self.address_space_limit,
+                                self.address_space_limit))
+            resource.setrlimit(resource.RLIMIT_CPU,
+                               (self.cpu_time_limit, self.cpu_time_limit))
+
+    def _run(self, path, fmt):
+        """Run qemu-img info and return its standard output."""
+        spawned = []
+
+        def on_execute(process):
+            spawned.append(process)
+            with self._calls_lock:
+                self.qemu_img_calls += 1
+
+        env = dict(os.environ, LC_ALL='C', LANG='C')
+        try:
+            out, _err = processutils.execute(
+                *self._command(path, fmt),
+                env_variables=env,
+                preexec_fn=self._prepare_child,
+                on_execute=on_execute,
+                timeout=self.timeout)
+        except processutils.ProcessExecutionError as e:
+            if e.exit_code is not None and e.exit_code < 0:
+                reason = 'qemu-img info was killed by signal %d' % (
+                    -e.exit_code)
+            else:
+                reason = 'qemu-img info failed with exit code %s' % (
+                    e.exit_code)
+            detail = _one_line(e.stderr or '')
+            raise InspectError(
+                path, '%s: %s' % (reason, detail) if detail else reason)
+        except OSError as e:
+            raise InspectError(path, 'cannot run qemu-img: %s' % e)
+        except Exception as e:
+            # A timeout: processutils re-raises TimeoutExpired and leaves
+            # the process unreaped. eventlet's green subprocess module raises
+            # its own TimeoutExpired class, so the unreaped process is what
+            # tells a timeout apart.
+            if (spawned and self._reap(path, spawned[0])) or isinstance(
+                    e, subprocess.TimeoutExpired):
+                raise InspectError(
+                    path, 'qemu-img info did not finish within %s s and '
+                    'was killed' % self.timeout)
+            raise
+        finally:
+            # Whatever happened, qemu-img must not outlive this call.
+            for process in spawned:
+                self._reap(path, process)
+        return out
+
+    @staticmethod
+    def _reap(path, process):
+        """Kill and reap ``process`` unless it was reaped; True if it was not.
+
+        The whole process group is killed: a child qemu-img left behind
+        holding the output pipe would otherwise outlive the call.
+        """
+        unfinished = process.returncode is None
+        if unfinished:
+            # Not reaped yet, so its pid still names its process group.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=_REAP_TIMEOUT)
+            except Exception:
+                LOG.error('qemu-img (pid %d) inspecting %s does not die '
+                          'after SIGKILL', process.pid, path)
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        return unfinished
+
+    def inspect(self, path, fmt):
+        """Return the DiskInfo of ``path``, read as format ``fmt``.
+
+        Raises InspectError, and nothing else, when that cannot be done.
+        """
+        path = os.path.abspath(path)
+        try:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                raise InspectError(path, e.strerror or str(e))
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                # qemu-img would block opening a FIFO.
+                raise InspectError(path, 'not a regular file')
+            out = self._run(path, fmt)
+            if len(out) > MAX_OUTPUT_BYTES:
+                raise InspectError(
+                    path, 'qemu-img info printed %d bytes, more than the '
+                    '%d accepted' % (len(out), MAX_OUTPUT_BYTES))
+            return self._parse(path, fmt, out)
+        except InspectError:
+            raise
+        except Exception as e:
+            # A pass must survive any one disk: whatever else went wrong is
+            # reported like any other inspection failure.
+            LOG.debug('Unexpected error inspecting %s', path, exc_info=True)
+            raise InspectError(path, 'unexpected error: %s' % e)
+
+    @staticmethod
+    def _parse(path, fmt, out):
+        try:
+            info = imageutils.QemuImgInfo(out, format='json')
+        except (ValueError, AttributeError, TypeError):
+            raise InspectError(
+                path, 'qemu-img info printed no valid JSON: %r' % out[:80])
+        if info.file_format != fmt:
+            raise InspectError(
+                path, 'qemu-img info reported format %r for a disk read '
+                'as %r' % (info.file_format, fmt))
+        for value in (info.backing_file, info.backing_file_format):
+            if value is not None and not isinstance(value, str):
+                raise InspectError(
+                    path, 'qemu-img info printed a backing file that is '
+                    'not a string: %r' % (value,))
+        return DiskInfo(path=path, format=fmt,
+                        backing_file=info.backing_file or None,
+                        backing_format=info.backing_file_format or None)
+
+    def detect_format(self, path):
+        """Return the format of ``path`` from a bounded read of its header.
+
+        Only a regular file is read (a FIFO is never waited on). Raises
+        InspectError when the file cannot be read or the content matches
+        more than one format.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise InspectError(path, e.strerror or str(e))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InspectError(path, 'not a regular file')
+            with open(fd, 'rb', closefd=False) as source:
+                return self._detect(source)
+        except InspectError:
+            raise
+        except OSError as e:
+            raise InspectError(path, e.strerror or str(e))
+        except Exception as e:
+            raise InspectError(path, 'cannot detect the format: %s' % e)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _detect(source):
+        wrapper = format_inspector.InspectWrapper(source)
+        try:
+            while source.tell() < MAX_DETECT_BYTES:
+                if not wrapper.read(_DETECT_CHUNK):
+                    break
+                if wrapper.format is not None:
+                    return str(wrapper.format)
+        finally:
+            # Ends the inspectors still waiting for data, as at end of file.
+            wrapper.close()
+        return str(wrapper.format)
+
+    def inspect_many(self, requests):
+        """Inspect (path, fmt) pairs in a pool of ``workers`` threads.
+
+        Returns {path: DiskInfo or InspectError}.
+        """
+        requests = dict(requests)
+        if not requests:
+            return {}
+
+        def inspect_one(path):
+            try:
+                return self.inspect(path, requests[path])
+            except InspectError as e:
+                return e
+
+        workers = min(self.workers, len(requests))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return dict(zip(requests, pool.map(inspect_one, requests)))

@@ -1,0 +1,615 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Which image cache files the instances on this host use.
+
+The evidence comes from the instance directories under ``instances_path``:
+the full backing chain of every instance disk, and the nova metadata in
+``libvirt.xml`` for the disks that are flat copies of a cache file and so
+have no backing file. Anything that cannot be read becomes a Doubt, so the
+plan fails closed; anything that vanished meanwhile simply uses nothing.
+"""
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+from xml.etree import ElementTree
+
+from oslo_log import log as logging
+from oslo_utils import units
+
+from cachekeeper.cache import facts
+from cachekeeper.cache import inspect
+
+LOG = logging.getLogger(__name__)
+
+DISK_INFO = 'disk.info'
+LIBVIRT_XML = 'libvirt.xml'
+LOCKS_DIR = 'locks'
+NOVA_NAMESPACE_PREFIX = 'http://openstack.org/xmlns/libvirt/nova/'
+
+# The disks nova's libvirt driver creates in an instance directory; any
+# other file that disk.info lists is a disk too.
+_DISK_NAME = re.compile(r'disk(\.local|\.eph[0-9]+|\.swap|\.rescue|\.config)?')
+
+# nova builds chains of two or three files; a longer one is broken or built
+# to make the pass work hard.
+MAX_CHAIN_LENGTH = 16
+
+# disk.info and libvirt.xml are a few KiB.
+MAX_METADATA_BYTES = units.Mi
+
+# A change made within the file system's timestamp granularity of the stat
+# that recheck compares against leaves the same times behind (git calls
+# this "racily clean"), so a directory changed this recently is re-read.
+RACY_SECONDS = 2
+
+# What stat raises for a path that is not there (or is a dangling or
+# looping symlink): it holds no disk and uses nothing.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
+def _stat(path):
+    """os.stat following symlinks; None if the path is not there."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
+
+
+def _exists(path):
+    try:
+        return _stat(path) is not None
+    except OSError:
+        return True
+
+
+def _read_small_file(path):
+    """Return the content of a small regular file; None if it is gone.
+
+    A FIFO or device is refused without waiting on it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError('not a regular file')
+        with open(fd, 'rb', closefd=False) as f:
+            data = f.read(MAX_METADATA_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_METADATA_BYTES:
+        raise ValueError('larger than %d bytes' % MAX_METADATA_BYTES)
+    return data
+
+
+def _has_protocol(name):
+    # qemu reads "proto:..." as a protocol when the colon comes before any
+    # slash (block.c path_has_protocol), e.g. json:{...} or nbd://host.
+    colon = name.find(':')
+    slash = name.find('/')
+    return colon > 0 and (slash < 0 or colon < slash)
+
+
+class _RefuseDoctype(ElementTree.TreeBuilder):
+    """Tree builder that refuses DTDs, and with them entity expansion."""
+
+    def doctype(self, name, pubid, system):
+        raise ValueError('a DOCTYPE is not accepted')
+
+
+def parse_disk_info(data, directory):
+    """Map disk file names to formats from the content of disk.info.
+
+    nova records absolute paths, which are stale if instances_path moved, so
+    entries are matched by base name; an entry for the disk's current path
+    wins. A name recorded with conflicting formats maps to None. Raises
+    ValueError if the content is not nova's JSON object.
+    """
+    recorded = json.loads(data)
+    if not isinstance(recorded, dict) or not all(
+            isinstance(k, str) and isinstance(v, str)
+            for k, v in recorded.items()):
+        raise ValueError('not a JSON object of paths to formats')
+    exact = {}
+    by_name = {}
+    for disk_path, fmt in recorded.items():
+        name = os.path.basename(disk_path)
+        if disk_path == os.path.join(directory, name):
+            exact[name] = fmt
+        else:
+            by_name.setdefault(name, set()).add(fmt)
+    formats = {name: fmts.pop() if len(fmts) == 1 else None
+               for name, fmts in by_name.items()}
+    formats.update(exact)
+    return formats
+
+
+@dataclasses.dataclass(frozen=True)
+class NovaMetadata:
+    """What libvirt.xml's nova metadata says about the instance's disks."""
+
+    root_image: str = None
+    swap_mb: int = 0
+    ephemeral_gb: int = 0
+
+
+def _nova_instance(domain):
+    """Return the nova:instance element of a domain and its namespace.
+
+    nova has written versions 1.0 and 1.1 of its namespace.
+    """
+    for child in domain.findall('metadata/*'):
+        if child.tag.startswith('{'):
+            namespace, _sep, tag = child.tag[1:].partition('}')
+            if (tag == 'instance' and
+                    namespace.startswith(NOVA_NAMESPACE_PREFIX)):
+                return child, namespace
+    return None, None
+
+
+def parse_libvirt_xml(data):
+    """Return the NovaMetadata of a domain XML, or None if it has none.
+
+    Raises ValueError if the XML cannot be parsed or its nova metadata makes
+    no sense.
+    """
+    parser = ElementTree.XMLParser(target=_RefuseDoctype())
+    try:
+        parser.feed(data)
+        domain = parser.close()
+    except ElementTree.ParseError as e:
+        raise ValueError('not well-formed XML: %s' % e)
+    instance, namespace = _nova_instance(domain)
+    if instance is None:
+        return None
+
+    def find(path):
+        return instance.find('/'.join('{%s}%s' % (namespace, t)
+                                      for t in path.split('/')))
+
+    def size(path):
+        element = find(path)
+        text = (element.text or '').strip() if element is not None else ''
+        if not text:
+            return 0
+        if not text.isascii() or not text.isdigit():
+            raise ValueError('%s is not a size: %r' % (path, text))
+        return int(text)
+
+    root = find('root')
+    root_image = None
+    if root is not None and root.get('type') == 'image':
+        root_image = root.get('uuid') or None
+    return NovaMetadata(root_image=root_image,
+                        swap_mb=size('flavor/swap'),
+                        ephemeral_gb=size('flavor/ephemeral'))
+
+
+def cache_names_for(metadata, cache_names):
+    """Yield (name, reason) for the cache files nova metadata points to.
+
+    The original of the root image is named whether or not it is in
+    ``cache_names``; its resized variants, and the ephemeral files whose
+    file system hash is not recorded, are found among ``cache_names``.
+    """
+    if metadata.root_image:
+        original = hashlib.sha1(metadata.root_image.encode('utf-8'),
+                                usedforsecurity=False).hexdigest()
+        variant = re.compile(re.escape(original) + '_(sm|[0-9]+)')
+        reason = 'root image %s' % metadata.root_image
+        yield original, reason
+        for name in sorted(cache_names):
+            if variant.fullmatch(name):
+                yield name, reason
+    if metadata.swap_mb > 0:
+        yield 'swap_%d' % metadata.swap_mb, (
+            'flavor swap of %d MiB' % metadata.swap_mb)
+    if metadata.ephemeral_gb > 0:
+        prefix = 'ephemeral_%d_' % metadata.ephemeral_gb
+        for name in sorted(cache_names):
+            if name.startswith(prefix):
+                yield name, (
+                    'flavor ephemeral disk of %d GiB' % metadata.ephemeral_gb)
+
+
+@dataclasses.dataclass
+class _Directory:
+    """What one instance directory uses, and how it looked when read.
+
+    ``signature`` is None when the directory must be read again at the next
+    recheck whatever its times say.
+    """
+
+    signature: tuple = None
+    references: list = dataclasses.field(default_factory=list)
+    doubts: list = dataclasses.field(default_factory=list)
+
+    def doubt(self, source, message):
+        LOG.debug('Doubt about %s: %s', source, message)
+        self.doubts.append(facts.Doubt(source=source, message=message))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Link:
+    """One element of a backing chain, still to be inspected.
+
+    ``path`` is the element as named (a relative backing name resolves
+    against its directory, as qemu does), ``chain`` the disk and the real
+    paths of the elements down to this one, ``seen`` the real paths of all
+    of them.
+    """
+
+    directory: _Directory
+    disk: str
+    path: str
+    real_path: str
+    fmt: str
+    chain: tuple
+    seen: frozenset
+
+
+def _signature(path):
+    """Identify the state of an instance directory and its metadata files.
+
+    None when the directory or its metadata changed too recently for the
+    times to tell a later change apart, or cannot be stat'ed.
+    """
+    horizon = time.time_ns() - RACY_SECONDS * 10 ** 9
+    parts = []
+    for part in (path, os.path.join(path, DISK_INFO),
+                 os.path.join(path, LIBVIRT_XML)):
+        try:
+            st = _stat(part)
+        except OSError:
+            return None
+        if st is None:
+            if part == path:
+                return None
+            parts.append(None)
+            continue
+        if st.st_mtime_ns > horizon:
+            return None
+        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                      st.st_ctime_ns))
+    return tuple(parts)
+
+
+class _Reader:
+    """Reads instance directories; inspects each file once per read."""
+
+    def __init__(self, inspector, cache_dir, cache_names):
+        self.inspector = inspector
+        self.cache_dir = cache_dir
+        self.real_cache_dir = os.path.realpath(cache_dir)
+        self.cache_names = cache_names
+        self._inspected = {}
+
+    def read(self, paths):
+        """Return {path: _Directory} for the directories still there."""
+        directories = {}
+        links = []
+        for path in paths:
+            directory = _Directory(signature=_signature(path))
+            try:
+                names = os.listdir(path)
+            except OSError as e:
+                if e.errno in _GONE:
+                    continue
+                directory.doubt(path, 'cannot list instance directory: %s' %
+                                e.strerror)
+                directories[path] = directory
+                continue
+            directories[path] = directory
+            links.extend(self._read_directory(directory, path, set(names)))
+        self._follow_chains(links)
+        return directories
+
+    def _read_directory(self, directory, path, names):
+        formats = {}
+        if DISK_INFO in names:
+            formats = self._read_disk_info(directory, path)
+        if LIBVIRT_XML in names:
+            self._read_libvirt_xml(directory, os.path.join(path, LIBVIRT_XML))
+        links = []
+        for name in sorted(names):
+            if _DISK_NAME.fullmatch(name) or name in formats:
+                link = self._first_link(directory, os.path.join(path, name),
+                                        formats)
+                if link is not None:
+                    links.append(link)
+        return links
+
+    def _read_disk_info(self, directory, path):
+        disk_info = os.path.join(path, DISK_INFO)
+        try:
+            data = _read_small_file(disk_info)
+            return parse_disk_info(data, path) if data is not None else {}
+        except (OSError, ValueError) as e:
+            directory.doubt(disk_info, 'cannot read disk.info: %s' % e)
+            return {}
+
+    def _read_libvirt_xml(self, directory, path):
+        try:
+            data = _read_small_file(path)
+            metadata = parse_libvirt_xml(data) if data is not None else None
+        except (OSError, ValueError) as e:
+            directory.doubt(path, 'cannot read libvirt.xml: %s' % e)
+            return
+        if metadata is None:
+            return
+        for name, reason in cache_names_for(metadata, self.cache_names):
+            directory.references.append(facts.Reference(
+                name=name, source=path, reason='%s in %s' % (reason, path)))
+
+    def _first_link(self, directory, disk, formats):
+        name = os.path.basename(disk)
+        try:
+            st = _stat(disk)
+        except OSError as e:
+            directory.doubt(disk, 'cannot stat disk: %s' % e.strerror)
+            return None
+        if st is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            LOG.debug('Skipping %s: not a regular file', disk)
+            return None
+        if name in formats:
+            fmt = formats[name]
+            if fmt is None:
+                directory.doubt(disk, 'disk.info records conflicting '
+                                'formats for this disk')
+                return None
+        else:
+            try:
+                fmt = self.inspector.detect_format(disk)
+            except inspect.InspectError as e:
+                if _exists(disk):
+                    directory.doubt(disk, 'cannot detect the format: %s' %
+                                    e.message)
+                return None
+        if not inspect.has_backing(fmt):
+            return None
+        real_path = os.path.realpath(disk)
+        return _Link(directory=directory, disk=disk, path=disk,
+                     real_path=real_path, fmt=fmt, chain=(disk,),
+                     seen=frozenset([real_path]))
+
+    def _follow_chains(self, links):
+        # Level by level, so that each level's inspections run in the pool.
+        pending = links
+        while pending:
+            batch = {}
+            for link in pending:
+                if (link.real_path, link.fmt) not in self._inspected:
+                    batch.setdefault(link.real_path, link.fmt)
+            for path, result in self.inspector.inspect_many(
+                    batch.items()).items():
+                self._inspected[(path, batch[path])] = result
+            waiting = []
+            for link in pending:
+                result = self._inspected.get((link.real_path, link.fmt))
+                if result is None:
+                    # The same file read in another format: next round.
+                    waiting.append(link)
+                    continue
+                next_link = self._next_link(link, result)
+                if next_link is not None:
+                    waiting.append(next_link)
+            pending = waiting
+
+    def _reference(self, link, name, chain, reason):
+        link.directory.references.append(facts.Reference(
+            name=name, source=link.disk, chain=chain, reason=reason))
+
+    def _backing_not_found(self, link, chain, path):
+        # nova re-roots a backing file by its name into the current cache
+        # directory (instances_path may have moved), and hard reboot brings
+        # a missing one back from there, so the name is what is in use.
+        name = os.path.basename(path)
+        if name not in self.cache_names and (
+                os.path.realpath(os.path.dirname(path)) !=
+                self.real_cache_dir):
+            LOG.debug('Backing file %s of %s does not exist', path,
+                      link.disk)
+            return
+        self._reference(
+            link, name, chain + (os.path.join(self.cache_dir, name),),
+            'backing chain of %s (recorded backing file %s not found)' %
+            (link.disk, path))
+
+    def _next_link(self, link, result):
+        """Record what ``link`` leads to; return the next link to inspect."""
+        directory = link.directory
+        if isinstance(result, inspect.InspectError):
+            if _exists(link.path):
+                directory.doubt(link.disk, 'cannot inspect %s: %s' %
+                                (link.path, result.message))
+            elif (len(link.chain) > 1 and os.path.dirname(link.real_path) !=
+                    self.real_cache_dir):
+                # Deleted since its parent named it; one in the cache
+                # directory was already recorded then.
+                self._backing_not_found(link, link.chain[:-1], link.path)
+            return None
+        backing = result.backing_file
+        if backing is None:
+            return None
+        if backing.startswith('file:'):
+            backing = backing[len('file:'):]
+        if _has_protocol(backing):
+            directory.doubt(link.disk, 'backing file %r of %s is not a '
+                            'local file' % (backing, link.path))
+            return None
+        path = os.path.join(os.path.dirname(link.path), backing)
+        try:
+            st = _stat(path)
+        except OSError as e:
+            directory.doubt(link.disk, 'cannot stat backing file %s: %s' %
+                            (path, e.strerror))
+            return None
+        if st is None:
+            self._backing_not_found(link, link.chain, path)
+            return None
+        real_path = os.path.realpath(path)
+        if real_path in link.seen:
+            directory.doubt(link.disk, 'backing chain loops at %s' % path)
+            return None
+        chain = link.chain + (real_path,)
+        if os.path.dirname(real_path) == self.real_cache_dir:
+            self._reference(link, os.path.basename(real_path), chain,
+                            'backing chain of %s' % link.disk)
+        if len(chain) >= MAX_CHAIN_LENGTH:
+            directory.doubt(link.disk, 'backing chain longer than %d files' %
+                            MAX_CHAIN_LENGTH)
+            return None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            directory.doubt(link.disk, 'backing file %s is not a regular '
+                            'file' % path)
+            return None
+        fmt = result.backing_format
+        if fmt is None:
+            try:
+                fmt = self.inspector.detect_format(path)
+            except inspect.InspectError as e:
+                directory.doubt(link.disk, 'cannot detect the format of '
+                                'backing file %s: %s' % (path, e.message))
+                return None
+        if not inspect.has_backing(fmt):
+            return None
+        return _Link(directory=directory, disk=link.disk, path=path,
+                     real_path=real_path, fmt=fmt, chain=chain,
+                     seen=link.seen | {real_path})
+
+
+class Inventory:
+    """Finds the cache files in use, and re-checks one before its removal.
+
+    ``excluded`` are directories under ``instances_path`` that are not
+    instance directories (besides the cache directory and ``locks``).
+    """
+
+    def __init__(self, instances_path, cache_dir, inspector, excluded=()):
+        self.instances_path = instances_path
+        self.cache_dir = cache_dir
+        self.inspector = inspector
+        self.excluded = (cache_dir,
+                         os.path.join(instances_path, LOCKS_DIR)) + tuple(
+                             excluded)
+        self._cache_names = frozenset()
+        self._directories = {}
+        self._doubts = []
+        self._lock = threading.Lock()
+
+    def collect(self, cache_names):
+        """Read every instance directory; return the facts.Usage.
+
+        ``cache_names`` are the names in the cache directory, needed to
+        expand name patterns (resized variants, ephemeral files).
+        """
+        with self._lock:
+            self._cache_names = frozenset(cache_names)
+            self._directories = {}
+            self._refresh(self._cache_names)
+            usage = facts.Usage()
+            for doubt in self._all_doubts():
+                usage.add_doubt(doubt)
+            for directory in self._directories.values():
+                for reference in directory.references:
+                    usage.add_reference(reference)
+            return usage
+
+    def recheck(self, name):
+        """Return (references, doubts) for cache file ``name`` right now.
+
+        Meant to run under nova's lock for ``name``, just before removing
+        it. Directories that are new or changed since the last collect or
+        recheck are read again; the others cost a stat.
+        """
+        with self._lock:
+            self._refresh(self._cache_names | {name})
+            references = [reference
+                          for directory in self._directories.values()
+                          for reference in directory.references
+                          if reference.name == name]
+            doubts = [doubt for doubt in self._all_doubts()
+                      if doubt.names is None or name in doubt.names]
+            return references, doubts
+
+    def _all_doubts(self):
+        doubts = list(self._doubts)
+        for directory in self._directories.values():
+            doubts.extend(directory.doubts)
+        return doubts
+
+    def _refresh(self, cache_names):
+        self._doubts = []
+        current = {}
+        changed = []
+        for path in self._instance_directories():
+            known = self._directories.get(path)
+            if (known is not None and known.signature is not None and
+                    known.signature == _signature(path)):
+                current[path] = known
+            else:
+                changed.append(path)
+        reader = _Reader(self.inspector, self.cache_dir, cache_names)
+        current.update(reader.read(changed))
+        self._directories = current
+
+    def _excluded_identities(self):
+        identities = set()
+        for path in self.excluded:
+            try:
+                st = _stat(path)
+            except OSError:
+                continue
+            if st is not None:
+                identities.add((st.st_dev, st.st_ino))
+        return identities
+
+    def _instance_directories(self):
+        """List the instance directories: every directory not excluded."""
+        try:
+            names = os.listdir(self.instances_path)
+        except OSError as e:
+            if e.errno in _GONE:
+                return []
+            self._doubts.append(facts.Doubt(
+                source=self.instances_path,
+                message='cannot list instances path: %s' % e.strerror))
+            return []
+        excluded = self._excluded_identities()
+        paths = []
+        for name in sorted(names):
+            path = os.path.join(self.instances_path, name)
+            try:
+                st = _stat(path)
+            except OSError as e:
+                self._doubts.append(facts.Doubt(
+                    source=path, message='cannot stat: %s' % e.strerror))
+                continue
+            if (st is not None and stat.S_ISDIR(st.st_mode) and
+                    (st.st_dev, st.st_ino) not in excluded):
+                paths.append(path)
+        return paths

@@ -1,0 +1,134 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The parsers of the inventory: disk.info and libvirt.xml."""
+
+import json
+
+import pytest
+
+from cachekeeper.cache import inventory
+
+IMAGE_ID = 'fd0cb2f1-8375-44c9-b1f4-3e1f4c4a8ef0'
+IMAGE_SHA1 = '0d5e6b61602d758984b3bf038267614d6016eb2a'
+
+
+def nova_xml(namespace_version='1.1', flavor='', root=''):
+    return ('<domain type="kvm"><name>instance-00000001</name><metadata>'
+            '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/'
+            'nova/%s"><nova:name>vm</nova:name>%s%s</nova:instance>'
+            '</metadata></domain>' % (namespace_version, flavor, root))
+
+
+def test_disk_info_by_current_path():
+    data = json.dumps({'/i/u/disk': 'qcow2', '/i/u/disk.local': 'raw'})
+    assert inventory.parse_disk_info(data, '/i/u') == {
+        'disk': 'qcow2', 'disk.local': 'raw'}
+
+
+def test_disk_info_with_stale_paths_matches_by_name():
+    data = json.dumps({'/old/u/disk': 'qcow2', '/older/u/disk': 'qcow2',
+                       '/old/u/disk.local': 'raw',
+                       '/older/u/disk.local': 'qcow2'})
+    assert inventory.parse_disk_info(data, '/i/u_resize') == {
+        'disk': 'qcow2', 'disk.local': None}
+
+
+def test_disk_info_current_path_wins():
+    data = json.dumps({'/old/u/disk': 'raw', '/i/u/disk': 'qcow2'})
+    assert inventory.parse_disk_info(data, '/i/u') == {'disk': 'qcow2'}
+
+
+@pytest.mark.parametrize('data', [
+    '', '{', '[]', '"disk"', '{"/i/u/disk": 1}', b'{"\xff": "raw"}',
+])
+def test_disk_info_that_is_not_nova_s(data):
+    with pytest.raises(ValueError):
+        inventory.parse_disk_info(data, '/i/u')
+
+
+@pytest.mark.parametrize('version', ['1.0', '1.1', '2.0'])
+def test_libvirt_xml_nova_metadata(version):
+    data = nova_xml(
+        version,
+        flavor=('<nova:flavor name="m1"><nova:memory>512</nova:memory>'
+                '<nova:swap> 1024 </nova:swap><nova:ephemeral>20'
+                '</nova:ephemeral></nova:flavor>'),
+        root='<nova:root type="image" uuid="%s"/>' % IMAGE_ID)
+    assert inventory.parse_libvirt_xml(data.encode()) == (
+        inventory.NovaMetadata(root_image=IMAGE_ID, swap_mb=1024,
+                               ephemeral_gb=20))
+
+
+def test_libvirt_xml_boot_from_volume_and_no_flavor_sizes():
+    data = nova_xml(root='<nova:root type="volume" uuid="x"/>',
+                    flavor='<nova:flavor><nova:swap/></nova:flavor>')
+    assert inventory.parse_libvirt_xml(data) == inventory.NovaMetadata()
+
+
+@pytest.mark.parametrize('data', [
+    '<domain/>',
+    '<domain><metadata><instance/></metadata></domain>',
+    '<domain><metadata><x:instance xmlns:x="http://openstack.org/xmlns/'
+    'libvirt/other/1.0"/></metadata></domain>',
+    # nova metadata is only read where libvirt keeps it.
+    '<domain><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/'
+    'nova/1.1"><nova:root type="image" uuid="u"/></nova:instance></domain>',
+])
+def test_libvirt_xml_without_nova_metadata(data):
+    assert inventory.parse_libvirt_xml(data) is None
+
+
+@pytest.mark.parametrize('data', [
+    '',
+    '<domain>',
+    '<?xml version="1.0"?><!DOCTYPE domain><domain/>',
+    # Billion laughs in UTF-16, where a byte search would not see it.
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE l [<!ENTITY a "aa">'
+     '<!ENTITY b "&a;&a;&a;&a;">]><l>&b;</l>').encode('utf-16'),
+    nova_xml(flavor='<nova:flavor><nova:swap>-1</nova:swap></nova:flavor>'),
+    nova_xml(flavor='<nova:flavor><nova:ephemeral>1.5</nova:ephemeral>'
+                    '</nova:flavor>'),
+])
+def test_libvirt_xml_refused(data):
+    with pytest.raises(ValueError):
+        inventory.parse_libvirt_xml(data)
+
+
+def test_cache_names_for_root_image_and_variants():
+    names = {IMAGE_SHA1, IMAGE_SHA1 + '_sm', IMAGE_SHA1 + '_5368709120',
+             IMAGE_SHA1 + '_x', IMAGE_SHA1 + '.part', '1' * 40}
+    metadata = inventory.NovaMetadata(root_image=IMAGE_ID)
+    assert list(inventory.cache_names_for(metadata, names)) == [
+        (IMAGE_SHA1, 'root image ' + IMAGE_ID),
+        (IMAGE_SHA1 + '_5368709120', 'root image ' + IMAGE_ID),
+        (IMAGE_SHA1 + '_sm', 'root image ' + IMAGE_ID),
+    ]
+
+
+def test_cache_names_for_original_even_when_not_cached():
+    metadata = inventory.NovaMetadata(root_image=IMAGE_ID)
+    assert [name for name, _reason in
+            inventory.cache_names_for(metadata, set())] == [IMAGE_SHA1]
+
+
+def test_cache_names_for_swap_and_ephemeral():
+    names = {'swap_512', 'swap_1024', 'ephemeral_1_0706d66',
+             'ephemeral_1_40d1d2c', 'ephemeral_10_0706d66'}
+    metadata = inventory.NovaMetadata(swap_mb=512, ephemeral_gb=1)
+    assert list(inventory.cache_names_for(metadata, names)) == [
+        ('swap_512', 'flavor swap of 512 MiB'),
+        ('ephemeral_1_0706d66', 'flavor ephemeral disk of 1 GiB'),
+        ('ephemeral_1_40d1d2c', 'flavor ephemeral disk of 1 GiB'),
+    ]
+    assert list(inventory.cache_names_for(inventory.NovaMetadata(),
+                                          names)) == []
