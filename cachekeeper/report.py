@@ -83,8 +83,8 @@ class PassReport:
     def summary_line(self):
         """The one INFO line a pass logs."""
         counts = ' '.join('%s=%d' % item for item in self.summary.items())
-        return ('%sPass %s in %.2fs: %d files (%s); removed %s, '
-                'reclaimed %s; %d errors' % (
+        return ('%sPass %s in %.2fs: %d files (%s); %s removed, '
+                '%s reclaimed on disk; %d errors' % (
                     'Dry-run ' if self.dry_run else '',
                     'interrupted' if self.interrupted else 'done',
                     self.duration_s, len(self.files), counts,

@@ -20,7 +20,6 @@ from oslo_service import service
 
 from cachekeeper.cache import manager
 import cachekeeper.conf
-from cachekeeper import report
 
 CONF = cachekeeper.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -136,8 +135,3 @@ class CacheKeeperService(service.Service):
         line = result.summary_line()
         LOG.info('%s', line)
         self._notifier.status(line)
-        try:
-            report.write(result, CONF.state_path)
-        except OSError as e:
-            LOG.error('Cannot write the pass report into %s: %s',
-                      CONF.state_path, e)

@@ -10,14 +10,23 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""One pass over the image cache, from scan to report."""
+"""One pass over the image cache, from scan to report.
 
+scan -> inventory (inspect) -> plan -> execute -> report. The manager keeps
+what must outlive one pass: which warnings were already given.
+"""
+
+import dataclasses
 import os
 import time
 
 from oslo_log import log as logging
 
+from cachekeeper.cache import execute
 from cachekeeper.cache import facts
+from cachekeeper.cache import inspect
+from cachekeeper.cache import inventory
+from cachekeeper.cache import plan
 from cachekeeper.cache import scan
 from cachekeeper import report
 
@@ -29,24 +38,99 @@ def cache_dir(conf):
                         conf.image_cache.subdirectory_name)
 
 
+@dataclasses.dataclass
+class Evaluation:
+    """The facts and verdicts of a pass before anything is carried out."""
+
+    base_files: list
+    usage: facts.Usage
+    decisions: list
+    inventory: inventory.Inventory
+    policy: facts.Policy
+
+
 class CacheManager:
-    """Runs passes; keeps what must outlive one pass (warn-once state)."""
+    """Runs passes and gives each warning once, when its subject changes."""
 
     def __init__(self, conf):
         self.conf = conf
+        self._warnings = {}
+
+    def evaluate(self):
+        """Scan, inventory and plan; touch nothing.
+
+        Raises OSError when the cache directory itself cannot be listed.
+        """
+        directory = cache_dir(self.conf)
+        base_files = scan.scan(directory)
+        # Built per pass so that a reloaded configuration applies.
+        instance_inventory = inventory.Inventory(
+            self.conf.instances_path, directory,
+            inspect.Inspector.from_conf(self.conf),
+            excluded=(self.conf.scrubber.quarantine_dir,))
+        usage = instance_inventory.collect(b.name for b in base_files)
+        policy = plan.policy_from_conf(self.conf)
+        decisions = plan.plan(base_files, usage, policy, time.time())
+        return Evaluation(base_files, usage, decisions, instance_inventory,
+                          policy)
 
     def run_pass(self, dry_run=False, stop_event=None):
         started = time.monotonic()
-        now = time.time()
         result = report.PassReport(dry_run=dry_run)
-        for base_file in scan.scan(cache_dir(self.conf)):
-            if stop_event is not None and stop_event.is_set():
-                result.interrupted = True
-                break
-            verdict = (facts.IGNORED if base_file.kind == facts.FOREIGN
-                       else facts.KEPT)
-            decision = facts.Decision(base_file, verdict, 'scanned only',
-                                      age=now - base_file.mtime)
-            result.files.append(report.FileReport.from_decision(decision))
+        warnings = {}
+        try:
+            evaluation = self.evaluate()
+        except OSError as e:
+            message = 'cannot read the image cache %s: %s' % (
+                cache_dir(self.conf), e.strerror or e)
+            result.add_error(cache_dir(self.conf), message)
+            warnings[('cache', cache_dir(self.conf))] = message
+        else:
+            outcome = execute.execute(
+                evaluation.decisions, evaluation.inventory,
+                self.conf.instances_path, evaluation.policy,
+                dry_run=dry_run, stop_event=stop_event)
+            result.files = outcome.files
+            result.errors.extend(outcome.errors)
+            result.bytes_reclaimed = outcome.bytes_removed
+            result.interrupted = outcome.interrupted
+            warnings.update(_warnings_of(evaluation, outcome))
+        self._warn_on_change(warnings)
         result.duration_s = time.monotonic() - started
+        if not dry_run:
+            self._write_report(result)
         return result
+
+    def _write_report(self, result):
+        try:
+            report.write(result, self.conf.state_path)
+        except OSError as e:
+            LOG.error('Cannot write the pass report into %s: %s',
+                      self.conf.state_path, e)
+
+    def _warn_on_change(self, warnings):
+        for key, message in sorted(warnings.items()):
+            if self._warnings.get(key) != message:
+                LOG.warning('%s', message)
+        for key in sorted(set(self._warnings) - set(warnings)):
+            LOG.info('Resolved: %s', self._warnings[key])
+        self._warnings = warnings
+
+
+def _warnings_of(evaluation, outcome):
+    """The conditions an operator should hear about, keyed by subject."""
+    warnings = {}
+    for base_file in evaluation.base_files:
+        if base_file.kind == facts.FOREIGN:
+            warnings[('foreign', base_file.path)] = (
+                'Unexpected entry in the image cache, never removed: %s (%s)'
+                % (base_file.path,
+                   'unrecognised name' if base_file.is_regular
+                   else base_file.file_type))
+    for doubt in evaluation.usage.doubts:
+        warnings[('doubt', doubt.source)] = (
+            'Cannot read %s: %s; files it could use are kept'
+            % (doubt.source, doubt.message))
+    for error in outcome.errors:
+        warnings[('error', error['path'])] = error['message']
+    return warnings

@@ -18,12 +18,19 @@ declared with @args. Exit status: 0 done, 1 done with errors, 2 bad
 configuration or usage.
 """
 
+import datetime
 import inspect
+import os
 import sys
 
 from oslo_config import cfg
 from oslo_log import log as logging
+from oslo_utils import units
 
+from cachekeeper.cache import facts
+from cachekeeper.cache import locks
+from cachekeeper.cache import manager
+from cachekeeper.cache import plan
 from cachekeeper import config
 from cachekeeper import demo
 
@@ -47,6 +54,100 @@ class ConfigCommands:
         # there was nothing to report.
         print('Configuration is valid.')
         return 0
+
+
+class CacheCommands:
+    """Run a pass over the image cache, or explain one file."""
+
+    @args('--dry-run', action='store_true',
+          help='Decide, but change nothing on disk: no touch, no removal, '
+               'no lock file.')
+    @args('--json', action='store_true', dest='as_json',
+          help='Print the pass report as one JSON object.')
+    def pass_(self, dry_run=False, as_json=False):
+        """Run one pass now, as the daemon would."""
+        result = manager.CacheManager(CONF).run_pass(dry_run=dry_run)
+        if as_json:
+            print(result.to_json())
+        else:
+            for line in _file_table(result.files):
+                print(line)
+            print(result.summary_line())
+        return result.exit_code
+
+    @args('path', metavar='PATH',
+          help='A file of the image cache: its path, or its name.')
+    def explain(self, path):
+        """Show the verdict a pass would give one file, and why."""
+        cache_dir = manager.cache_dir(CONF)
+        if os.sep not in path:
+            path = os.path.join(cache_dir, path)
+        path = os.path.abspath(path)
+        if os.path.dirname(path) != os.path.abspath(cache_dir):
+            print('cachekeeper-manage: %s is not in the image cache %s'
+                  % (path, cache_dir), file=sys.stderr)
+            return config.EXIT_CONFIG
+        evaluation = manager.CacheManager(CONF).evaluate()
+        for decision in evaluation.decisions:
+            if decision.base_file.path == path:
+                print('\n'.join(_explanation(decision, evaluation)))
+                return 0
+        print('cachekeeper-manage: no entry %s in the image cache' % path,
+              file=sys.stderr)
+        return 1
+
+
+def _size(nbytes):
+    return '%.1f MiB' % (nbytes / units.Mi)
+
+
+def _file_table(files):
+    for entry in files:
+        yield '%-10s %-9s %10s %9s  %s  (%s)' % (
+            entry.verdict, entry.kind, plan.format_duration(entry.age_s),
+            _size(entry.size), entry.path, entry.reason)
+
+
+def _explanation(decision, evaluation):
+    base_file = decision.base_file
+    name = base_file.name
+    modified = datetime.datetime.fromtimestamp(
+        base_file.mtime, datetime.timezone.utc).isoformat(timespec='seconds')
+    verdict = decision.verdict
+    if verdict == facts.REMOVABLE:
+        verdict = 'removable (a pass would remove it)'
+    lines = [
+        'path:     %s' % base_file.path,
+        'kind:     %s (%s, %s, %s allocated)' % (
+            base_file.kind, base_file.file_type, _size(base_file.size),
+            _size(base_file.allocated)),
+        'verdict:  %s' % verdict,
+        'reason:   %s' % decision.reason,
+        'modified: %s, %s ago' % (modified,
+                                  plan.format_duration(max(decision.age, 0))),
+    ]
+    min_age = evaluation.policy.min_age(base_file.kind)
+    if min_age is not None:
+        lines.append('minimum age when unused: %s'
+                     % plan.format_duration(min_age))
+    references = evaluation.usage.references_to(name)
+    lines.append('used by:  %s' % ('' if references else 'nothing found'))
+    for reference in references:
+        lines.append('  %s' % reference.reason)
+        if reference.chain:
+            lines.append('    chain: %s' % ' -> '.join(reference.chain))
+    doubts = evaluation.usage.doubts_about(name)
+    if doubts:
+        lines.append('unread, so removal is held back:')
+        lines.extend('  %s: %s' % (d.source, d.message) for d in doubts)
+    holder = locks.lock_holder(CONF.instances_path, name)
+    lock_path = locks.lock_file_path(CONF.instances_path, name)
+    if holder is None:
+        lock_state = 'not held' if os.path.exists(lock_path) else 'no file'
+    else:
+        lock_state = 'held by pid %d' % holder.pid
+    lines.append('lock:     %s (%s)' % (lock_path, lock_state))
+    return lines
 
 
 class DemoCommands:
@@ -73,6 +174,7 @@ class DemoCommands:
 
 
 CATEGORIES = {
+    'cache': CacheCommands,
     'config': ConfigCommands,
     'demo': DemoCommands,
 }
@@ -90,8 +192,9 @@ def add_command_parsers(subparsers):
         commands = parser.add_subparsers(dest='action', metavar='COMMAND')
         commands.required = True
         for name, method in _commands(category):
+            # A trailing underscore keeps names like pass_ legal Python.
             command = commands.add_parser(
-                name.replace('_', '-'), help=method.__doc__)
+                name.rstrip('_').replace('_', '-'), help=method.__doc__)
             command.set_defaults(action_fn=method, command_class=category)
             for arg_args, arg_kwargs in getattr(method, 'args', []):
                 command.add_argument(*arg_args, **arg_kwargs)
@@ -109,6 +212,9 @@ def _action_kwargs(method):
 
 def main():
     CONF.register_cli_opt(category_opt)
+    logging.register_options(CONF)
+    # Output is for stdout (scripts parse --json); log lines go to stderr.
+    CONF.set_default('use_stderr', True)
     try:
         config.parse_args(sys.argv, check=False)
         # A category that makes its own configuration (demo) sets

@@ -102,12 +102,16 @@ class DaemonTestMixin:
         # A file where the cache directory should be: every pass fails.
         open(base, 'w').close()
         process = self._start(interval=1)
-        process.wait_for(r'ERROR', count=2)
+        process.wait_for(PASS_LINE + r'.*; 1 errors', count=2)
+        # Said once, not every pass.
+        self.assertEqual(1, len(process.lines('cannot read the image cache')))
         os.unlink(base)
         os.mkdir(base)
-        process.wait_for(PASS_LINE)
+        process.wait_for(PASS_LINE + r'.*; 0 errors')
+        process.wait_for(r'Resolved: cannot read the image cache')
         status, seconds = process.stop()
         self.assertEqual(0, status)
+        self.assertNotIn('Traceback', process.log())
 
 
 class EventletDaemonTestCase(DaemonTestMixin, fixtures.TestWithFixtures,

@@ -336,11 +336,16 @@ def test_from_conf():
     conf = cfg.ConfigOpts()
     ck_conf.register_opts(conf)
     conf([], project='cachekeeper', default_config_files=[])
-    conf.set_override('images_cpu_time_limit', 11, group='libvirt')
-    conf.set_override('images_address_space_limit', 3, group='libvirt')
-    conf.set_override('inspect_timeout', 9, group='image_cache')
-    conf.set_override('inspect_workers', 5, group='image_cache')
-    inspector = inspect.Inspector.from_conf(conf)
+    # Option groups are shared between ConfigOpts objects (oslo.config
+    # copies them shallowly): overrides must not outlive the test.
+    try:
+        conf.set_override('images_cpu_time_limit', 11, group='libvirt')
+        conf.set_override('images_address_space_limit', 3, group='libvirt')
+        conf.set_override('inspect_timeout', 9, group='image_cache')
+        conf.set_override('inspect_workers', 5, group='image_cache')
+        inspector = inspect.Inspector.from_conf(conf)
+    finally:
+        conf.reset()
     assert (inspector.cpu_time_limit, inspector.address_space_limit,
             inspector.timeout, inspector.workers) == (
                 11, 3 * 1024 ** 3, 9, 5)
