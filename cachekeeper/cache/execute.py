@@ -31,6 +31,7 @@ from oslo_log import log as logging
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import plan
+from cachekeeper.cache import qemu_locks
 from cachekeeper import report
 
 LOG = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ class _Executor:
         if references:
             reason = plan.references_reason(references)
             return facts.IN_USE, self._touch(base_file, reason)
+        # A running guest may use an image no instance directory names.
+        image_lock = qemu_locks.probe(base_file.path)
+        if image_lock is not None:
+            return facts.IN_USE, self._touch(base_file, image_lock.reason())
         if doubts:
             return facts.KEPT, plan.doubts_reason(doubts)
         return None

@@ -49,8 +49,8 @@ class LockHolder:
     exclusive: bool
 
 
-class _Flock(ctypes.Structure):
-    """struct flock of fcntl(2), for F_GETLK."""
+class Flock(ctypes.Structure):
+    """struct flock of fcntl(2), for F_GETLK and F_OFD_GETLK."""
 
     _fields_ = [
         ('l_type', ctypes.c_short),
@@ -111,8 +111,8 @@ def _probe(path):
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        query = _Flock(l_type=fcntl.F_WRLCK, l_whence=os.SEEK_SET)
-        answer = _Flock.from_buffer_copy(
+        query = Flock(l_type=fcntl.F_WRLCK, l_whence=os.SEEK_SET)
+        answer = Flock.from_buffer_copy(
             fcntl.fcntl(fd, fcntl.F_GETLK, bytes(query)))
     finally:
         os.close(fd)

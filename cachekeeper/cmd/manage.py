@@ -31,6 +31,7 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import manager
 from cachekeeper.cache import plan
+from cachekeeper.cache import qemu_locks
 from cachekeeper import config
 from cachekeeper import demo
 
@@ -147,7 +148,20 @@ def _explanation(decision, evaluation):
     else:
         lock_state = 'held by pid %d' % holder.pid
     lines.append('lock:     %s (%s)' % (lock_path, lock_state))
+    lines.append('QEMU lock probe: %s' % _qemu_lock_state(base_file))
     return lines
+
+
+def _qemu_lock_state(base_file):
+    if not base_file.is_regular:
+        return 'not probed (%s)' % base_file.file_type
+    try:
+        image_lock = qemu_locks.probe(base_file.path)
+    except OSError as e:
+        return 'cannot probe: %s' % (e.strerror or e)
+    if image_lock is None:
+        return 'not open'
+    return '%s (%s)' % (image_lock.reason(), image_lock.meaning())
 
 
 class DemoCommands:
