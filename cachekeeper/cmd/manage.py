@@ -20,8 +20,10 @@ configuration or usage.
 
 import datetime
 import inspect
+import json
 import os
 import sys
+import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -34,6 +36,8 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import config
 from cachekeeper import demo
+from cachekeeper.scrub import db
+from cachekeeper.scrub import queue
 
 CONF = config.CONF
 
@@ -187,10 +191,128 @@ class DemoCommands:
         return 0
 
 
+class ScrubCommands:
+    """List, drain, restore or retry this host's scrub queue."""
+
+    @args('--json', action='store_true', dest='as_json',
+          help='Print the entries as one JSON object.')
+    @args('--all', action='store_true', dest='show_all',
+          help='Also list finished entries: drained, restored, rolled back.')
+    def list(self, as_json=False, show_all=False):
+        """List quarantined files, oldest first."""
+        states = None if show_all else queue.ACTIVE_STATES
+        return self._run(lambda scrub_queue: self._list(
+            scrub_queue.entries(states), as_json))
+
+    def drain(self):
+        """Delete every queued file now, without waiting for scrub_delay."""
+        return self._run(self._drain, moves_files=True)
+
+    @args('entry_id', metavar='ID', type=int,
+          help='The ID of a queued or parked entry (see scrub list).')
+    def restore(self, entry_id):
+        """Move a quarantined file back into the image cache."""
+        return self._run(
+            lambda scrub_queue: self._restore(scrub_queue, entry_id),
+            moves_files=True)
+
+    @args('entry_id', metavar='ID', type=int,
+          help='The ID of a parked entry (see scrub list).')
+    def retry(self, entry_id):
+        """Queue a parked entry again, with a fresh count of attempts."""
+        return self._run(
+            lambda scrub_queue: self._retry(scrub_queue, entry_id))
+
+    @staticmethod
+    def _run(action, moves_files=False):
+        """Run action(scrub_queue) on this host's queue; return the status.
+
+        A state database or quarantine directory that cannot be used is a
+        configuration problem (2); a refused or failed action is 1.
+        """
+        try:
+            scrub_queue = queue.from_conf(CONF)
+        except db.StateError as e:
+            print('cachekeeper-manage: %s' % e, file=sys.stderr)
+            return config.EXIT_CONFIG
+        try:
+            if moves_files:
+                scrub_queue.check_quarantine_dir()
+        except db.StateError as e:
+            scrub_queue.close()
+            print('cachekeeper-manage: %s' % e, file=sys.stderr)
+            return config.EXIT_CONFIG
+        try:
+            return action(scrub_queue)
+        except (queue.ScrubError, db.StateError, OSError) as e:
+            print('cachekeeper-manage: %s' % e, file=sys.stderr)
+            return 1
+        finally:
+            scrub_queue.close()
+
+    def _list(self, entries, as_json):
+        if as_json:
+            print(json.dumps({'entries': [e.to_dict() for e in entries]},
+                             indent=2))
+            return 0
+        if not entries:
+            print('The scrub queue is empty.')
+            return 0
+        rows = [('ID', 'PATH', 'KIND', 'SIZE', 'STATE', 'QUEUED AT',
+                 'ATTEMPTS', 'LAST ERROR')]
+        rows.extend((str(e.id), e.path, e.kind, _size(e.size), e.state,
+                     self._utc(e.queued_at), str(e.attempts),
+                     e.last_error or '')
+                    for e in entries)
+        widths = [max(len(row[column]) for row in rows)
+                  for column in range(len(rows[0]))]
+        for row in rows:
+            print('  '.join(cell.ljust(width)
+                            for cell, width in zip(row, widths)).rstrip())
+        return 0
+
+    @staticmethod
+    def _drain(scrub_queue):
+        result = scrub_queue.drain(
+            time.time(), CONF.scrubber.scrub_delay,
+            CONF.scrubber.max_attempts, ignore_delay=True)
+        print('Drained %d entries, %s reclaimed; %d failed and will be '
+              'retried; %d parked.' % (
+                  result.drained, _size(result.bytes_reclaimed),
+                  result.failed, result.parked))
+        for error in result.errors:
+            print('cachekeeper-manage: %s' % error['message'],
+                  file=sys.stderr)
+        return 1 if result.errors else 0
+
+    @staticmethod
+    def _restore(scrub_queue, entry_id):
+        entry = scrub_queue.restore(entry_id, time.time())
+        print('Restored entry %d: %s' % (entry.id, entry.path))
+        if entry.last_error:
+            print('cachekeeper-manage: %s %s' % (entry.path,
+                                                 entry.last_error),
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    @staticmethod
+    def _retry(scrub_queue, entry_id):
+        entry = scrub_queue.retry(entry_id, time.time())
+        print('Queued entry %d again: %s' % (entry.id, entry.path))
+        return 0
+
+    @staticmethod
+    def _utc(timestamp):
+        return datetime.datetime.fromtimestamp(
+            timestamp, datetime.timezone.utc).isoformat(timespec='seconds')
+
+
 CATEGORIES = {
     'cache': CacheCommands,
     'config': ConfigCommands,
     'demo': DemoCommands,
+    'scrub': ScrubCommands,
 }
 
 
