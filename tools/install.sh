@@ -10,6 +10,9 @@ missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v prlimit >/dev/null || missing+=(util-linux)
 command -v git >/dev/null || missing+=(git)
+# libvirt-python (a test requirement) builds against libvirt's headers.
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists libvirt 2>/dev/null || missing+=(libvirt-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -15,8 +15,10 @@
 The evidence comes from the instance directories under ``instances_path``:
 the full backing chain of every instance disk, and the nova metadata in
 ``libvirt.xml`` for the disks that are flat copies of a cache file and so
-have no backing file. Anything that cannot be read becomes a Doubt, so the
-plan fails closed; anything that vanished meanwhile simply uses nothing.
+have no backing file. A domain source (libvirt) may add the disks of the
+domains defined on the host, wherever they are, which are read by the same
+rules. Anything that cannot be read becomes a Doubt, so the plan fails
+closed; anything that vanished meanwhile simply uses nothing.
 """
 
 import dataclasses
@@ -169,18 +171,25 @@ def _nova_instance(domain):
     return None, None
 
 
+def _parse_xml(data):
+    parser = ElementTree.XMLParser(target=_RefuseDoctype())
+    try:
+        parser.feed(data)
+        return parser.close()
+    except ElementTree.ParseError as e:
+        raise ValueError('not well-formed XML: %s' % e)
+
+
 def parse_libvirt_xml(data):
     """Return the NovaMetadata of a domain XML, or None if it has none.
 
     Raises ValueError if the XML cannot be parsed or its nova metadata makes
     no sense.
     """
-    parser = ElementTree.XMLParser(target=_RefuseDoctype())
-    try:
-        parser.feed(data)
-        domain = parser.close()
-    except ElementTree.ParseError as e:
-        raise ValueError('not well-formed XML: %s' % e)
+    return _nova_metadata(_parse_xml(data))
+
+
+def _nova_metadata(domain):
     instance, namespace = _nova_instance(domain)
     if instance is None:
         return None
@@ -205,6 +214,116 @@ def parse_libvirt_xml(data):
     return NovaMetadata(root_image=root_image,
                         swap_mb=size('flavor/swap'),
                         ephemeral_gb=size('flavor/ephemeral'))
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainDisk:
+    """A file a libvirt domain opens: a disk, its chain, a kernel, an initrd.
+
+    ``role`` says which, e.g. 'disk vda' or 'kernel'; ``fmt`` is the format
+    libvirt was told, None if it was not.
+    """
+
+    role: str
+    path: str
+    fmt: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """What a libvirt domain definition says about the files it uses.
+
+    ``unknown_disks`` describe disks whose file cannot be known from the
+    definition (a storage pool volume, a relative path): their chains are
+    unknown, so nothing may be removed while the domain is defined.
+    """
+
+    name: str
+    uuid: str
+    disks: tuple = ()
+    unknown_disks: tuple = ()
+    metadata: NovaMetadata = None
+
+    @property
+    def label(self):
+        return 'libvirt domain %s' % self.name
+
+
+class DomainsUnavailable(Exception):
+    """The domain source cannot say which domains are defined."""
+
+    def __init__(self, source, message):
+        super().__init__('%s: %s' % (source, message))
+        self.source = source
+        self.message = message
+
+
+# Disk types whose source is a local file, and the attribute naming it.
+_LOCAL_DISK_SOURCES = {'file': 'file', 'block': 'dev'}
+
+
+class _DomainFiles:
+    """Collects the files of one domain definition."""
+
+    def __init__(self):
+        self.disks = []
+        self.unknown = []
+
+    def add(self, role, path, fmt):
+        if os.path.isabs(path):
+            self.disks.append(DomainDisk(role=role, path=path, fmt=fmt))
+        else:
+            self.unknown.append('%s has the relative path %r' % (role, path))
+
+    def add_disk(self, disk):
+        """Add a disk and the chain below it.
+
+        A running domain's definition lists the chain libvirt found below
+        the disk as nested backingStore elements.
+        """
+        target = disk.find('target')
+        role = '%s %s' % (disk.get('device', 'disk'),
+                          target.get('dev') if target is not None else '?')
+        element = disk
+        fmt_element = disk.find('driver')
+        while element is not None:
+            disk_type = element.get('type')
+            source = element.find('source')
+            fmt = fmt_element.get('type') if fmt_element is not None else None
+            if source is not None and disk_type in _LOCAL_DISK_SOURCES:
+                path = source.get(_LOCAL_DISK_SOURCES[disk_type])
+                if path:
+                    self.add(role, path, fmt or None)
+            elif source is not None and disk_type == 'volume':
+                self.unknown.append('%s is the storage pool volume %s/%s' % (
+                    role, source.get('pool'), source.get('volume')))
+            element = element.find('backingStore')
+            if element is not None:
+                fmt_element = element.find('format')
+                role = 'backing file of %s' % role
+
+
+def parse_domain_xml(data):
+    """Return the Domain a libvirt domain XML describes.
+
+    Disks on the network, directories and the like hold no image cache
+    file and are left out. Raises ValueError if the XML cannot be parsed
+    or its nova metadata makes no sense.
+    """
+    domain = _parse_xml(data)
+    files = _DomainFiles()
+    for disk in domain.findall('devices/disk'):
+        files.add_disk(disk)
+    for role in ('kernel', 'initrd'):
+        path = (domain.findtext('os/%s' % role) or '').strip()
+        if path:
+            # Not a disk image: its name is all that can be in use.
+            files.add(role, path, 'raw')
+    return Domain(name=domain.findtext('name', ''),
+                  uuid=domain.findtext('uuid', ''),
+                  disks=tuple(files.disks),
+                  unknown_disks=tuple(files.unknown),
+                  metadata=_nova_metadata(domain))
 
 
 def cache_names_for(metadata, cache_names):
@@ -239,7 +358,8 @@ class _Directory:
     """What one instance directory uses, and how it looked when read.
 
     ``signature`` is None when the directory must be read again at the next
-    recheck whatever its times say.
+    recheck whatever its times say. The evidence of a libvirt domain is
+    kept in one too, without a signature: it is keyed by its definition.
     """
 
     signature: tuple = None
@@ -258,7 +378,8 @@ class _Link:
     ``path`` is the element as named (a relative backing name resolves
     against its directory, as qemu does), ``chain`` the disk and the real
     paths of the elements down to this one, ``seen`` the real paths of all
-    of them.
+    of them. ``owner`` names what uses a disk outside an instance
+    directory (e.g. 'disk vda of libvirt domain instance-00000001').
     """
 
     directory: _Directory
@@ -268,6 +389,7 @@ class _Link:
     fmt: str
     chain: tuple
     seen: frozenset
+    owner: str = None
 
 
 def _signature(path):
@@ -334,11 +456,16 @@ class _Reader:
             self._read_libvirt_xml(directory, os.path.join(path, LIBVIRT_XML))
         links = []
         for name in sorted(names):
-            if _DISK_NAME.fullmatch(name) or name in formats:
-                link = self._first_link(directory, os.path.join(path, name),
-                                        formats)
-                if link is not None:
-                    links.append(link)
+            if not (_DISK_NAME.fullmatch(name) or name in formats):
+                continue
+            disk = os.path.join(path, name)
+            if name in formats and formats[name] is None:
+                directory.doubt(disk, 'disk.info records conflicting '
+                                'formats for this disk')
+                continue
+            link = self._first_link(directory, disk, formats.get(name))
+            if link is not None:
+                links.append(link)
         return links
 
     def _read_disk_info(self, directory, path):
@@ -357,14 +484,52 @@ class _Reader:
         except (OSError, ValueError) as e:
             directory.doubt(path, 'cannot read libvirt.xml: %s' % e)
             return
-        if metadata is None:
-            return
+        if metadata is not None:
+            self._metadata_references(directory, metadata, path)
+
+    def _metadata_references(self, directory, metadata, source):
         for name, reason in cache_names_for(metadata, self.cache_names):
             directory.references.append(facts.Reference(
-                name=name, source=path, reason='%s in %s' % (reason, path)))
+                name=name, source=source,
+                reason='%s in %s' % (reason, source)))
 
-    def _first_link(self, directory, disk, formats):
-        name = os.path.basename(disk)
+    def read_domains(self, domains):
+        """Return a _Directory of evidence for each of ``domains``."""
+        directories = {}
+        links = []
+        for domain in domains:
+            directory = _Directory()
+            directories[domain] = directory
+            if domain.metadata is not None:
+                self._metadata_references(directory, domain.metadata,
+                                          domain.label)
+            for unknown in domain.unknown_disks:
+                directory.doubt(domain.label, unknown)
+            for disk in domain.disks:
+                link = self._domain_disk_link(directory, domain, disk)
+                if link is not None:
+                    links.append(link)
+        self._follow_chains(links)
+        return directories
+
+    def _domain_disk_link(self, directory, domain, disk):
+        owner = '%s of %s' % (disk.role, domain.label)
+        # A domain may use a cache file itself, e.g. as a raw disk; its name
+        # is in use even while the file is missing.
+        real_path = os.path.realpath(disk.path)
+        if os.path.dirname(real_path) == self.real_cache_dir:
+            directory.references.append(facts.Reference(
+                name=os.path.basename(real_path), source=disk.path,
+                reason=owner))
+        return self._first_link(directory, disk.path, disk.fmt, owner=owner)
+
+    def _first_link(self, directory, disk, fmt=None, owner=None):
+        """Return the link to inspect for ``disk``, None if it has none.
+
+        ``fmt`` is the recorded format, None to detect it. A disk of a
+        domain (with an ``owner``) may be a block device, as libvirt allows;
+        in an instance directory only regular files are disks.
+        """
         try:
             st = _stat(disk)
         except OSError as e:
@@ -372,16 +537,11 @@ class _Reader:
             return None
         if st is None:
             return None
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or
+                (owner is not None and stat.S_ISBLK(st.st_mode))):
             LOG.debug('Skipping %s: not a regular file', disk)
             return None
-        if name in formats:
-            fmt = formats[name]
-            if fmt is None:
-                directory.doubt(disk, 'disk.info records conflicting '
-                                'formats for this disk')
-                return None
-        else:
+        if fmt is None:
             try:
                 fmt = self.inspector.detect_format(disk)
             except inspect.InspectError as e:
@@ -394,7 +554,7 @@ class _Reader:
         real_path = os.path.realpath(disk)
         return _Link(directory=directory, disk=disk, path=disk,
                      real_path=real_path, fmt=fmt, chain=(disk,),
-                     seen=frozenset([real_path]))
+                     seen=frozenset([real_path]), owner=owner)
 
     def _follow_chains(self, links):
         # Level by level, so that each level's inspections run in the pool.
@@ -420,6 +580,8 @@ class _Reader:
             pending = waiting
 
     def _reference(self, link, name, chain, reason):
+        if link.owner is not None:
+            reason = '%s (%s)' % (reason, link.owner)
         link.directory.references.append(facts.Reference(
             name=name, source=link.disk, chain=chain, reason=reason))
 
@@ -499,7 +661,7 @@ class _Reader:
             return None
         return _Link(directory=directory, disk=link.disk, path=path,
                      real_path=real_path, fmt=fmt, chain=chain,
-                     seen=link.seen | {real_path})
+                     seen=link.seen | {real_path}, owner=link.owner)
 
 
 class Inventory:
@@ -507,17 +669,23 @@ class Inventory:
 
     ``excluded`` are directories under ``instances_path`` that are not
     instance directories (besides the cache directory and ``locks``).
+    ``domain_source``, if given, lists the domains defined on the host: an
+    object with a ``domains()`` method that returns Domains or raises
+    DomainsUnavailable. It is asked again at every recheck.
     """
 
-    def __init__(self, instances_path, cache_dir, inspector, excluded=()):
+    def __init__(self, instances_path, cache_dir, inspector, excluded=(),
+                 domain_source=None):
         self.instances_path = instances_path
         self.cache_dir = cache_dir
         self.inspector = inspector
         self.excluded = (cache_dir,
                          os.path.join(instances_path, LOCKS_DIR)) + tuple(
                              excluded)
+        self.domain_source = domain_source
         self._cache_names = frozenset()
         self._directories = {}
+        self._domains = {}
         self._doubts = []
         self._lock = threading.Lock()
 
@@ -530,35 +698,46 @@ class Inventory:
         with self._lock:
             self._cache_names = frozenset(cache_names)
             self._directories = {}
+            self._domains = {}
             self._refresh(self._cache_names)
             usage = facts.Usage()
             for doubt in self._all_doubts():
                 usage.add_doubt(doubt)
-            for directory in self._directories.values():
+            for directory in self._evidence():
                 for reference in directory.references:
                     usage.add_reference(reference)
             return usage
+
+    def instance_directories(self):
+        """List the instance directories a pass reads, as paths."""
+        with self._lock:
+            return self._instance_directories()
 
     def recheck(self, name):
         """Return (references, doubts) for cache file ``name`` right now.
 
         Meant to run under nova's lock for ``name``, just before removing
         it. Directories that are new or changed since the last collect or
-        recheck are read again; the others cost a stat.
+        recheck are read again; the others cost a stat. The domains are
+        listed again; those whose definition changed are read again.
         """
         with self._lock:
             self._refresh(self._cache_names | {name})
             references = [reference
-                          for directory in self._directories.values()
+                          for directory in self._evidence()
                           for reference in directory.references
                           if reference.name == name]
             doubts = [doubt for doubt in self._all_doubts()
                       if doubt.names is None or name in doubt.names]
             return references, doubts
 
+    def _evidence(self):
+        return list(self._directories.values()) + list(
+            self._domains.values())
+
     def _all_doubts(self):
         doubts = list(self._doubts)
-        for directory in self._directories.values():
+        for directory in self._evidence():
             doubts.extend(directory.doubts)
         return doubts
 
@@ -576,6 +755,24 @@ class Inventory:
         reader = _Reader(self.inspector, self.cache_dir, cache_names)
         current.update(reader.read(changed))
         self._directories = current
+        self._domains = self._refresh_domains(reader)
+
+    def _refresh_domains(self, reader):
+        """Read the domains that are new, changed or had doubts."""
+        if self.domain_source is None:
+            return {}
+        try:
+            domains = set(self.domain_source.domains())
+        except DomainsUnavailable as e:
+            self._doubts.append(facts.Doubt(source=e.source,
+                                            message=e.message))
+            return {}
+        current = {domain: known
+                   for domain, known in self._domains.items()
+                   if domain in domains and not known.doubts}
+        current.update(reader.read_domains(
+            sorted(domains - set(current), key=lambda d: (d.name, d.uuid))))
+        return current
 
     def _excluded_identities(self):
         identities = set()

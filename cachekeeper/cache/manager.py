@@ -23,6 +23,7 @@ import time
 from oslo_log import log as logging
 
 from cachekeeper.cache import execute
+from cachekeeper.cache import domains
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
@@ -63,16 +64,33 @@ class CacheManager:
         """
         directory = cache_dir(self.conf)
         base_files = scan.scan(directory)
-        # Built per pass so that a reloaded configuration applies.
-        instance_inventory = inventory.Inventory(
-            self.conf.instances_path, directory,
-            inspect.Inspector.from_conf(self.conf),
-            excluded=(self.conf.scrubber.quarantine_dir,))
+        instance_inventory = self._inventory()
         usage = instance_inventory.collect(b.name for b in base_files)
         policy = plan.policy_from_conf(self.conf)
         decisions = plan.plan(base_files, usage, policy, time.time())
         return Evaluation(base_files, usage, decisions, instance_inventory,
                           policy)
+
+    def _inventory(self):
+        # Built per pass so that a reloaded configuration applies.
+        return inventory.Inventory(
+            self.conf.instances_path, cache_dir(self.conf),
+            inspect.Inspector.from_conf(self.conf),
+            excluded=(self.conf.scrubber.quarantine_dir,),
+            domain_source=domains.LibvirtSource.from_conf(self.conf))
+
+    def orphans(self):
+        """Match instance directories and libvirt domains.
+
+        Returns the domains.Orphans, or None when [inventory] libvirt_uri
+        is not set. Raises inventory.DomainsUnavailable when libvirt
+        cannot be asked.
+        """
+        source = domains.LibvirtSource.from_conf(self.conf)
+        if source is None:
+            return None
+        return domains.orphans(self._inventory().instance_directories(),
+                               source.domains())
 
     def run_pass(self, dry_run=False, stop_event=None):
         started = time.monotonic()

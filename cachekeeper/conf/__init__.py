@@ -16,6 +16,7 @@ from cachekeeper.conf import coordination
 from cachekeeper.conf import default
 from cachekeeper.conf import glance
 from cachekeeper.conf import image_cache
+from cachekeeper.conf import inventory
 from cachekeeper.conf import libvirt
 from cachekeeper.conf import scrubber
 
@@ -24,6 +25,7 @@ CONF = cfg.CONF
 ALL_MODULES = (
     default,
     image_cache,
+    inventory,
     libvirt,
     scrubber,
     glance,
