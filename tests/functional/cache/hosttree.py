@@ -203,18 +203,23 @@ class HostTree:
     def manage_command(self, *argv):
         return [MANAGE, '--config-file', self.config_file] + list(argv)
 
-    def manage(self, *argv, path_prefix=None):
-        """Run cachekeeper-manage on this host; return the CompletedProcess."""
+    def manage(self, *argv, path_prefix=None, wrapper=None):
+        """Run cachekeeper-manage on this host; return the CompletedProcess.
+
+        ``path_prefix`` goes first on PATH; ``wrapper`` is a command that
+        runs the command line appended to it.
+        """
         env = dict(os.environ)
         if path_prefix:
             env['PATH'] = '%s:%s' % (path_prefix, env['PATH'])
-        return subprocess.run(self.manage_command(*argv), capture_output=True,
-                              text=True, env=env, timeout=PASS_TIMEOUT)
+        return subprocess.run(list(wrapper or ()) + self.manage_command(*argv),
+                              capture_output=True, text=True, env=env,
+                              timeout=PASS_TIMEOUT)
 
-    def run_pass(self, *flags, path_prefix=None):
+    def run_pass(self, *flags, path_prefix=None, wrapper=None):
         """Run ``cache pass --json``; return (process, report dict)."""
         process = self.manage('cache', 'pass', '--json', *flags,
-                              path_prefix=path_prefix)
+                              path_prefix=path_prefix, wrapper=wrapper)
         try:
             report = json.loads(process.stdout)
         except ValueError:
