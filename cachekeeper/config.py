@@ -14,6 +14,8 @@
 
 import os
 
+from keystoneauth1 import exceptions as ks_exceptions
+from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -138,10 +140,29 @@ def _cross_option_problems(conf):
         problem('coordination', 'backend_url',
                 'must be a tooz URL such as redis://127.0.0.1:6379, got %r'
                 % conf.coordination.backend_url)
+    problems.extend(_glance_problems(conf))
     state_problem = _state_path_problem(conf.state_path)
     if state_problem:
         problem('DEFAULT', 'state_path', state_problem)
     return problems
+
+
+def _glance_problems(conf):
+    """What would keep a Glance client from being built."""
+    opts = conf.glance
+    if opts.auth_type == 'none' and not opts.endpoint_override:
+        return [_option_problem('glance', 'endpoint_override',
+                                'required with auth_type none')]
+    try:
+        ks_loading.load_auth_from_conf_options(conf, 'glance')
+    except ks_exceptions.NoMatchingPlugin:
+        return [_option_problem('glance', 'auth_type',
+                                'no such auth plugin: %s' % opts.auth_type)]
+    except ks_exceptions.MissingRequiredOptions as e:
+        return [_option_problem('glance', option.dest,
+                                'required by auth_type %s' % opts.auth_type)
+                for option in e.options]
+    return []
 
 
 def _state_path_problem(path):

@@ -204,7 +204,9 @@ class _Executor:
         changed = _changed_since_scan(base_file, st)
         if changed:
             return facts.KEPT, changed
-        min_age = self.policy.min_age(base_file.kind)
+        # The age the plan applied, which may not be the kind's (an image
+        # deleted in Glance ages faster).
+        min_age = decision.min_age
         age = self.now_fn() - st.st_mtime
         if st.st_mtime != base_file.mtime:
             return facts.KEPT, 're-touched since scan'

@@ -123,6 +123,9 @@ class Policy:
     swap_min_age: int
     ephemeral_min_age: int
     pinned_names: frozenset = frozenset()
+    # Unset, an original whose image Glance no longer has ages like any
+    # other original.
+    deleted_image_min_age: int = None
 
     def min_age(self, kind):
         return {
@@ -132,6 +135,25 @@ class Policy:
             SWAP: self.swap_min_age,
             EPHEMERAL: self.ephemeral_min_age,
         }.get(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCatalog:
+    """What Glance says about the images behind the cache files.
+
+    ``deleted_names`` are the cache files whose image was missing from a
+    listing of Glance's images taken at ``listed_at`` (seconds since the
+    epoch) although the files were in the cache before it. ``listed_at``
+    is None when no listing recent enough is at hand: then nothing counts
+    as deleted. ``pinned_names`` are the cache names of the images that
+    carry ``pin_property``: the last ones known, even when the listing is
+    stale, because a pin only ever keeps a file.
+    """
+
+    deleted_names: frozenset = frozenset()
+    listed_at: float = None
+    pinned_names: frozenset = frozenset()
+    pin_property: str = ''
 
 
 @dataclasses.dataclass(frozen=True)

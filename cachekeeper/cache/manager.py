@@ -29,6 +29,7 @@ from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
 from cachekeeper.cache import plan
 from cachekeeper.cache import scan
+from cachekeeper import glance
 from cachekeeper import report
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Evaluation:
     decisions: list
     inventory: inventory.Inventory
     policy: facts.Policy
+    catalog: facts.ImageCatalog = None
 
 
 class CacheManager:
@@ -56,6 +58,7 @@ class CacheManager:
     def __init__(self, conf):
         self.conf = conf
         self._warnings = {}
+        self.images = glance.ImageService(conf)
 
     def evaluate(self):
         """Scan, inventory and plan; touch nothing.
@@ -67,9 +70,11 @@ class CacheManager:
         instance_inventory = self._inventory()
         usage = instance_inventory.collect(b.name for b in base_files)
         policy = plan.policy_from_conf(self.conf)
-        decisions = plan.plan(base_files, usage, policy, time.time())
+        catalog = self.images.catalog(b.name for b in base_files)
+        decisions = plan.plan(base_files, usage, policy, time.time(),
+                              catalog)
         return Evaluation(base_files, usage, decisions, instance_inventory,
-                          policy)
+                          policy, catalog)
 
     def _inventory(self):
         # Built per pass so that a reloaded configuration applies.
@@ -113,6 +118,10 @@ class CacheManager:
             result.bytes_reclaimed = outcome.bytes_removed
             result.interrupted = outcome.interrupted
             warnings.update(_warnings_of(evaluation, outcome))
+            warnings.update(self._deleted_in_glance_warnings(evaluation))
+            if not dry_run:
+                self.images.precache_pinned(
+                    {b.name for b in evaluation.base_files}, stop_event)
         self._warn_on_change(warnings)
         result.duration_s = time.monotonic() - started
         if not dry_run:
@@ -125,6 +134,24 @@ class CacheManager:
         except OSError as e:
             LOG.error('Cannot write the pass report into %s: %s',
                       self.conf.state_path, e)
+
+    def _deleted_in_glance_warnings(self, evaluation):
+        """Files in use whose image Glance no longer has, keyed by path.
+
+        Without a current listing nothing is known to be deleted: the
+        files reported before stay reported while they are in use.
+        """
+        in_use = [d.base_file for d in evaluation.decisions
+                  if d.verdict == facts.IN_USE]
+        catalog = evaluation.catalog
+        if catalog is not None and catalog.listed_at is None:
+            paths = {b.path for b in in_use}
+            return {key: message for key, message in self._warnings.items()
+                    if key[0] == 'deleted_in_glance' and key[1] in paths}
+        return {('deleted_in_glance', b.path): (
+                    'Image cache file %s is in use, but its image no longer '
+                    'exists in Glance; kept' % b.path)
+                for b in in_use if plan.deleted_in_glance(b, catalog)}
 
     def _warn_on_change(self, warnings):
         for key, message in sorted(warnings.items()):

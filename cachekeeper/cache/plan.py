@@ -27,6 +27,8 @@ _SHA1_LENGTH = 40
 
 _DURATION_UNITS = (('d', 86400), ('h', 3600), ('m', 60), ('s', 1))
 
+DELETED_IN_GLANCE = 'image deleted in Glance'
+
 
 def image_cache_name(image_id):
     """Return the name nova gives the cached copy of image ``image_id``."""
@@ -50,7 +52,9 @@ def policy_from_conf(conf):
                            else ephemeral_min_age),
         pinned_names=frozenset(image_cache_name(image_id)
                                for image_id in opts.pinned_images
-                               if image_id))
+                               if image_id),
+        deleted_image_min_age=(
+            opts.remove_deleted_image_minimum_age_seconds))
 
 
 def format_duration(seconds):
@@ -94,12 +98,28 @@ def _foreign_reason(base_file):
     return '%s; never removed' % what
 
 
-def _pinned_reason(name, kind, pinned_names):
-    if name in pinned_names:
-        return 'pinned by [image_cache] pinned_images'
-    if kind in _IMAGE_VARIANT_KINDS and name[:_SHA1_LENGTH] in pinned_names:
-        return ('copy of %s, pinned by [image_cache] pinned_images'
-                % name[:_SHA1_LENGTH])
+def deleted_in_glance(base_file, catalog):
+    """Whether ``base_file`` caches an image Glance no longer has.
+
+    Only an original is named after its image.
+    """
+    return (catalog is not None
+            and base_file.kind == facts.ORIGINAL
+            and base_file.name in catalog.deleted_names)
+
+
+def _pinned_reason(name, kind, policy, catalog):
+    pins = [(policy.pinned_names, 'pinned by [image_cache] pinned_images')]
+    if catalog is not None:
+        pins.append((catalog.pinned_names,
+                     'pinned by its Glance image property %s'
+                     % catalog.pin_property))
+    for pinned_names, reason in pins:
+        if name in pinned_names:
+            return reason
+        if (kind in _IMAGE_VARIANT_KINDS
+                and name[:_SHA1_LENGTH] in pinned_names):
+            return 'copy of %s, %s' % (name[:_SHA1_LENGTH], reason)
     return None
 
 
@@ -111,14 +131,17 @@ def _too_young_reason(age, min_age):
                                  format_duration(min_age))
 
 
-def decide(base_file, usage, policy, now):
+def decide(base_file, usage, policy, now, catalog=None):
     """Return the Decision for one cache file.
 
     The first rule that applies wins: foreign entries are ignored, download
-    residue is kept, referenced files are in use, pinned files are pinned;
-    then, if removal is enabled, files younger than their kind's minimum
-    age (or with an mtime in the future) are too young, files the
-    inventory has doubts about are kept, and the rest are removable.
+    residue is kept, referenced files are in use, pinned files (by
+    configuration or by Glance image property) are pinned; then, if
+    removal is enabled, files younger than their kind's minimum age (or
+    with an mtime in the future) are too young, files the inventory has
+    doubts about are kept, and the rest are removable. An original whose
+    image Glance no longer has (``catalog``, an ImageCatalog or None)
+    ages with the deleted images' minimum age instead of its kind's.
     """
     name = base_file.name
     kind = base_file.kind
@@ -131,33 +154,44 @@ def decide(base_file, usage, policy, now):
         return decision(facts.IGNORED, _foreign_reason(base_file))
     if kind == facts.RESIDUE:
         return decision(facts.KEPT, 'download residue; not removed')
+    deleted = deleted_in_glance(base_file, catalog)
     references = tuple(usage.references_to(name))
     if references:
-        return decision(facts.IN_USE, references_reason(references),
-                        references=references)
-    pinned_reason = _pinned_reason(name, kind, policy.pinned_names)
+        reason = references_reason(references)
+        if deleted:
+            reason += '; its image no longer exists in Glance'
+        return decision(facts.IN_USE, reason, references=references)
+    pinned_reason = _pinned_reason(name, kind, policy, catalog)
     if pinned_reason:
         return decision(facts.PINNED, pinned_reason)
     if not policy.remove_unused:
         return decision(facts.KEPT, 'removal disabled by [image_cache] '
                                     'remove_unused_base_images')
     min_age = policy.min_age(kind)
+    prefix = ''
+    if deleted:
+        if policy.deleted_image_min_age is not None:
+            min_age = policy.deleted_image_min_age
+        prefix = DELETED_IN_GLANCE + '; '
     if age < min_age:
-        return decision(facts.TOO_YOUNG, _too_young_reason(age, min_age),
+        return decision(facts.TOO_YOUNG,
+                        prefix + _too_young_reason(age, min_age),
                         min_age=min_age)
     doubts = usage.doubts_about(name)
     if doubts:
         return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
     return decision(facts.REMOVABLE,
-                    'unused for %s (minimum %s)' % (format_duration(age),
-                                                    format_duration(min_age)),
+                    prefix + 'unused for %s (minimum %s)' % (
+                        format_duration(age), format_duration(min_age)),
                     min_age=min_age)
 
 
-def plan(base_files, usage, policy, now):
+def plan(base_files, usage, policy, now, catalog=None):
     """Return one Decision per BaseFile, in the same order.
 
     ``now`` is the wall-clock time (seconds since the epoch) the ages are
-    measured at.
+    measured at; ``catalog`` is what Glance said (an ImageCatalog), or None
+    when Glance is not used.
     """
-    return [decide(base_file, usage, policy, now) for base_file in base_files]
+    return [decide(base_file, usage, policy, now, catalog)
+            for base_file in base_files]

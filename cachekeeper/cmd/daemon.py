@@ -34,6 +34,10 @@ def main():
         return config.EXIT_CONFIG
     notifier = systemd.Notifier.from_environment()
     concurrency.init_backend(CONF.service_backend)
+    # A Glance outage is told once by cachekeeper.glance, not at every
+    # retry by keystoneauth.
+    logging.set_defaults(default_log_levels=(
+        logging.get_default_log_levels() + ['keystoneauth.session=ERROR']))
     logging.setup(CONF, 'cachekeeper')
     # Imported only now: these modules bind to the backend chosen above.
     from oslo_service import service as oslo_service

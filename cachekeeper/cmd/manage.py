@@ -36,6 +36,7 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import config
 from cachekeeper import demo
+from cachekeeper import glance
 from cachekeeper.scrub import db
 from cachekeeper.scrub import queue
 
@@ -131,7 +132,9 @@ def _explanation(decision, evaluation):
         'modified: %s, %s ago' % (modified,
                                   plan.format_duration(max(decision.age, 0))),
     ]
-    min_age = evaluation.policy.min_age(base_file.kind)
+    min_age = decision.min_age
+    if min_age is None:
+        min_age = evaluation.policy.min_age(base_file.kind)
     if min_age is not None:
         lines.append('minimum age when unused: %s'
                      % plan.format_duration(min_age))
@@ -166,6 +169,71 @@ def _qemu_lock_state(base_file):
     if image_lock is None:
         return 'not open'
     return '%s (%s)' % (image_lock.reason(), image_lock.meaning())
+
+
+class PrecacheCommands:
+    """Download images into the image cache, verified, as nova would."""
+
+    @args('image_ids', metavar='IMAGE_ID', nargs='+',
+          help='The Glance id of an image to cache.')
+    def __call__(self, image_ids):
+        """Cache images now; an image cached already is only touched."""
+        if not glance.is_configured(CONF):
+            print('cachekeeper-manage: Glance is not configured: set '
+                  '[glance] endpoint_override or [glance] auth_type',
+                  file=sys.stderr)
+            return config.EXIT_CONFIG
+        precacher = glance.Precacher.from_conf(CONF, glance.make_client(CONF))
+        failed = 0
+        for image_id in image_ids:
+            progress = _Progress(image_id) if sys.stderr.isatty() else None
+            try:
+                result = precacher.precache(image_id, progress=progress)
+            except glance.PrecacheError as e:
+                failed += 1
+                print('cachekeeper-manage: %s' % e, file=sys.stderr)
+                continue
+            except KeyboardInterrupt:
+                print('cachekeeper-manage: interrupted; nothing of image %s '
+                      'was left behind' % image_id, file=sys.stderr)
+                return 1
+            finally:
+                if progress is not None:
+                    progress.finish()
+            print(result.summary())
+        return 1 if failed else 0
+
+
+class _Progress:
+    """A download's bytes and rate, redrawn on one terminal line."""
+
+    INTERVAL = 0.2
+
+    def __init__(self, image_id, stream=sys.stderr):
+        self.image_id = image_id
+        self.stream = stream
+        self.started = time.monotonic()
+        self.shown_at = None
+        self.width = 0
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if (self.shown_at is not None and done < total
+                and now - self.shown_at < self.INTERVAL):
+            return
+        self.shown_at = now
+        rate = done / max(now - self.started, 1e-3)
+        text = '%s: %s of %s (%d%%), %s/s' % (
+            self.image_id, _size(done), _size(total),
+            100 * done // max(total, 1), _size(rate))
+        self.width = max(self.width, len(text))
+        self.stream.write('\r' + text.ljust(self.width))
+        self.stream.flush()
+
+    def finish(self):
+        if self.shown_at is not None:
+            self.stream.write('\n')
+            self.stream.flush()
 
 
 class DemoCommands:
@@ -312,6 +380,7 @@ CATEGORIES = {
     'cache': CacheCommands,
     'config': ConfigCommands,
     'demo': DemoCommands,
+    'precache': PrecacheCommands,
     'scrub': ScrubCommands,
 }
 
@@ -322,18 +391,26 @@ def _commands(category):
             yield name, method
 
 
+def _add_command(parser, category, method):
+    parser.set_defaults(action_fn=method, command_class=category)
+    for arg_args, arg_kwargs in getattr(method, 'args', []):
+        parser.add_argument(*arg_args, **arg_kwargs)
+
+
 def add_command_parsers(subparsers):
     for category_name, category in CATEGORIES.items():
         parser = subparsers.add_parser(category_name, help=category.__doc__)
+        if '__call__' in vars(category):
+            # A category that is itself the command: precache IMAGE_ID...
+            _add_command(parser, category, category.__call__)
+            continue
         commands = parser.add_subparsers(dest='action', metavar='COMMAND')
         commands.required = True
         for name, method in _commands(category):
             # A trailing underscore keeps names like pass_ legal Python.
             command = commands.add_parser(
                 name.rstrip('_').replace('_', '-'), help=method.__doc__)
-            command.set_defaults(action_fn=method, command_class=category)
-            for arg_args, arg_kwargs in getattr(method, 'args', []):
-                command.add_argument(*arg_args, **arg_kwargs)
+            _add_command(command, category, method)
 
 
 category_opt = cfg.SubCommandOpt('category',

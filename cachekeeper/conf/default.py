@@ -39,6 +39,14 @@ own state directory.
         help="""
 Name of this compute host, as nova knows it (nova's [DEFAULT] host).
 """),
+    cfg.BoolOpt('force_raw_images',
+        default=True,
+        help="""
+Convert images downloaded into the image cache to raw, as nova does. This
+is nova's option of the same name and must have nova's value: with it,
+``cachekeeper-manage precache`` writes exactly the file nova would have
+written.
+"""),
     cfg.StrOpt('service_backend',
         default='eventlet',
         choices=[

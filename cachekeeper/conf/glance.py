@@ -20,25 +20,71 @@ glance_group = cfg.OptGroup(
 How cachekeeper reaches the Image service. Authentication, session and
 endpoint options are keystoneauth's; ``auth_type = none`` with
 ``endpoint_override`` reaches a Glance without Keystone.
+
+Glance is used only when ``auth_type`` or ``endpoint_override`` is set.
+Then passes remove unused images that Glance no longer has sooner (see
+``[image_cache] remove_deleted_image_minimum_age_seconds``), keep the
+images that carry ``pin_property``, and download missing pinned images.
+Glance is never needed for safety: while it cannot be reached, passes go on
+as if it were not configured, except that pins it reported are kept.
+
+The service user should see every image (visibility ``all``): an image it
+cannot see counts as deleted.
 """)
 
-DEFAULT_SERVICE_TYPE = 'image'
+glance_opts = [
+    cfg.IntOpt('image_list_ttl',
+        default=300,
+        min=0,
+        mutable=True,
+        help="""
+Seconds a listing of Glance's images is used before it is taken again.
+Past this age, if Glance cannot be reached, no image counts as deleted.
+"""),
+    cfg.StrOpt('pin_property',
+        default='cachekeeper_pinned=true',
+        regex=r'^([^=]*[^=\s][^=]*=.*)?$',
+        mutable=True,
+        help="""
+``KEY=VALUE``: images whose property KEY has the value VALUE (compared
+without regard to case) are pinned like those in ``[image_cache]
+pinned_images``: never removed, and downloaded when missing. Empty: no
+image is pinned by property.
+"""),
+]
+
+# Defaults of keystoneauth options that suit a daemon better than
+# keystoneauth's own: a call never hangs, and a Glance restart or an
+# overloaded proxy costs a retry with backoff rather than a listing.
+KEYSTONEAUTH_DEFAULTS = {
+    'service_type': 'image',
+    'timeout': 60,
+    'connect_retries': 3,
+    'status_code_retries': 3,
+    'retriable_status_codes': [500, 502, 503, 504],
+}
 
 
 def register_opts(conf):
-    conf.register_group(glance_group)
+    # A group object of its own for each ConfigOpts (they share a group's
+    # options otherwise): keystoneauth adds the auth plugin's options to
+    # the group when it loads the plugin.
+    conf.register_group(cfg.OptGroup(glance_group.name,
+                                     title=glance_group.title,
+                                     help=glance_group.help))
+    conf.register_opts(glance_opts, group=glance_group)
     ks_loading.register_session_conf_options(conf, glance_group.name)
     ks_loading.register_auth_conf_options(conf, glance_group.name)
     ks_loading.register_adapter_conf_options(conf, glance_group.name)
-    conf.set_default('service_type', DEFAULT_SERVICE_TYPE,
-                     group=glance_group.name)
+    for name, value in KEYSTONEAUTH_DEFAULTS.items():
+        conf.set_default(name, value, group=glance_group.name)
 
 
 def list_opts():
-    return {
-        glance_group: (
-            ks_loading.get_session_conf_options() +
-            ks_loading.get_auth_common_conf_options() +
-            ks_loading.get_auth_plugin_conf_options('password') +
-            ks_loading.get_adapter_conf_options(include_deprecated=False)),
-    }
+    keystoneauth_opts = (
+        ks_loading.get_session_conf_options() +
+        ks_loading.get_auth_common_conf_options() +
+        ks_loading.get_auth_plugin_conf_options('password') +
+        ks_loading.get_adapter_conf_options(include_deprecated=False))
+    cfg.set_defaults(keystoneauth_opts, **KEYSTONEAUTH_DEFAULTS)
+    return {glance_group: glance_opts + keystoneauth_opts}

@@ -92,6 +92,27 @@ Unset, the original images' age applies, as in nova.
 Unused ephemeral files (``ephemeral_<GiB>_<hash>``) younger than this many
 seconds are kept. Unset, the original images' age applies, as in nova.
 """),
+    cfg.IntOpt('remove_deleted_image_minimum_age_seconds',
+        default=3600,
+        min=0,
+        mutable=True,
+        help="""
+Unused original images whose image no longer exists in Glance younger than
+this many seconds are kept; older ones are removed, without waiting for
+``remove_unused_original_minimum_age_seconds``. Glance is asked only when
+it is configured in the [glance] group; while it cannot be reached, or its
+image list is older than ``[glance] image_list_ttl``, no image counts as
+deleted.
+"""),
+    cfg.IntOpt('precache_headroom_mb',
+        default=1024,
+        min=0,
+        mutable=True,
+        help="""
+Space in MiB that must remain free on the image cache's filesystem after a
+precached image is written. A precache that would leave less is refused
+before anything is downloaded.
+"""),
     cfg.IntOpt('max_cache_size_mb',
         default=0,
         min=0,
@@ -131,7 +152,9 @@ cache size or disk usage.
         default=[],
         mutable=True,
         help="""
-Image ids whose cached files are never removed.
+Image ids whose cached files are never removed. When Glance is configured
+in the [glance] group, a pinned image missing from the cache is downloaded
+after a pass. Images carrying ``[glance] pin_property`` are pinned too.
 """),
     cfg.IntOpt('inspect_workers',
         default=4,

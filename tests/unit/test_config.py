@@ -102,6 +102,22 @@ class ParseArgsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
              '[DEFAULT] service_backend'),
             ('instances_path = relative/path\n',
              '[DEFAULT] instances_path'),
+            ('[glance]\npin_property = no-value\n',
+             '[glance] pin_property'),
+            ('[glance]\npin_property = =true\n',
+             '[glance] pin_property'),
+            ('[glance]\nimage_list_ttl = -1\n',
+             '[glance] image_list_ttl'),
+            ('[glance]\nauth_type = none\n',
+             '[glance] endpoint_override'),
+            ('[glance]\nauth_type = no-such-plugin\n',
+             '[glance] auth_type'),
+            ('[glance]\nauth_type = password\nusername = u\n'
+             'password = p\n',
+             '[glance] auth_url'),
+            ('[image_cache]\n'
+             'remove_deleted_image_minimum_age_seconds = -1\n',
+             '[image_cache] remove_deleted_image_minimum_age_seconds'),
         ]
         for text, option in cases:
             with self.subTest(option=option, text=text):

@@ -312,6 +312,147 @@ class DecideTestCase(unittest.TestCase):
             decision)
 
 
+# What a listing without IMAGE says about the cache files of these tests:
+# every name that is not the sha1 of an existing image is missing from it.
+DELETED_NAMES = (IMAGE, IMAGE + '_10737418240', IMAGE + '_sm', 'swap_512',
+                 'ephemeral_20_0706d66')
+
+
+def catalog(deleted=DELETED_NAMES, pinned=(), listed_at=NOW - 60):
+    return facts.ImageCatalog(deleted_names=frozenset(deleted),
+                              listed_at=listed_at,
+                              pinned_names=frozenset(pinned),
+                              pin_property='cachekeeper_pinned=true')
+
+
+GLANCE_POLICY = policy(deleted_image_min_age=HOUR)
+
+
+class GlanceRulesTestCase(unittest.TestCase):
+    """What Glance knows: deleted images and pins by image property."""
+
+    def decide(self, entry, known=catalog(), used=None,
+               rules=GLANCE_POLICY):
+        return plan.decide(entry, used or usage(), rules, NOW, known)
+
+    def test_unused_original_of_deleted_image_goes_after_the_shorter_age(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR))
+        self.assertEqual(
+            (facts.REMOVABLE,
+             'image deleted in Glance; unused for 2h (minimum 1h)', HOUR),
+            (result.verdict, result.reason, result.min_age))
+
+    def test_deleted_image_younger_than_its_age_is_too_young(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=HOUR - 1))
+        self.assertEqual(
+            (facts.TOO_YOUNG, 'image deleted in Glance; unused, 59m 59s of '
+                              '1h'),
+            (result.verdict, result.reason))
+
+    def test_existing_image_keeps_the_original_age(self):
+        result = self.decide(base_file(OTHER, facts.ORIGINAL, age=2 * HOUR))
+        self.assertEqual((facts.TOO_YOUNG, DAY),
+                         (result.verdict, result.min_age))
+
+    def test_no_listing_means_nothing_is_deleted(self):
+        entry = base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR)
+        unknown = (None, facts.ImageCatalog(),
+                   facts.ImageCatalog(pinned_names=frozenset([OTHER])))
+        for known in unknown:
+            with self.subTest(catalog=known):
+                self.assertEqual(facts.TOO_YOUNG,
+                                 self.decide(entry, known).verdict)
+
+    def test_only_originals_can_be_deleted_in_glance(self):
+        cases = [
+            (IMAGE + '_10737418240', facts.RESIZED, 2 * HOUR,
+             facts.REMOVABLE, HOUR),
+            (IMAGE + '_sm', facts.LEGACY_SM, 2 * HOUR, facts.REMOVABLE,
+             HOUR),
+            ('swap_512', facts.SWAP, 2 * HOUR - 1, facts.TOO_YOUNG,
+             2 * HOUR),
+            ('ephemeral_20_0706d66', facts.EPHEMERAL, 2 * HOUR,
+             facts.TOO_YOUNG, 3 * HOUR),
+        ]
+        for name, kind, age, verdict, min_age in cases:
+            with self.subTest(kind=kind):
+                result = self.decide(base_file(name, kind, age=age))
+                self.assertEqual((verdict, min_age),
+                                 (result.verdict, result.min_age))
+                self.assertNotIn('Glance', result.reason)
+
+    def test_in_use_file_of_deleted_image_is_kept_and_says_so(self):
+        entry = base_file(IMAGE, facts.ORIGINAL, age=10 * DAY)
+        result = self.decide(entry, used=usage([reference(IMAGE)]))
+        self.assertEqual(
+            (facts.IN_USE, 'used by /instances/uuid-1/disk; its image no '
+                           'longer exists in Glance'),
+            (result.verdict, result.reason))
+
+    def test_doubts_keep_a_deleted_image(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR),
+                             used=usage(doubts=[facts.Doubt('/i/disk', 'x')]))
+        self.assertEqual(facts.KEPT, result.verdict)
+
+    def test_removal_disabled_keeps_a_deleted_image(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=2 * DAY),
+                             rules=policy(remove_unused=False,
+                                          deleted_image_min_age=HOUR))
+        self.assertEqual(facts.KEPT, result.verdict)
+
+    def test_unset_deleted_age_falls_back_to_the_kind(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR),
+                             rules=POLICY)
+        self.assertEqual(
+            (facts.TOO_YOUNG, 'image deleted in Glance; unused, 2h of 1d'),
+            (result.verdict, result.reason))
+
+    def test_pinned_by_glance_property_and_its_copies(self):
+        known = catalog(pinned=[IMAGE])
+        cases = [
+            (IMAGE, facts.ORIGINAL, 'pinned by its Glance image property '
+                                    'cachekeeper_pinned=true'),
+            (IMAGE + '_5368709120', facts.RESIZED,
+             'copy of %s, pinned by its Glance image property '
+             'cachekeeper_pinned=true' % IMAGE),
+        ]
+        for name, kind, reason in cases:
+            with self.subTest(kind=kind):
+                result = self.decide(base_file(name, kind, age=30 * DAY),
+                                     known)
+                self.assertEqual((facts.PINNED, reason),
+                                 (result.verdict, result.reason))
+
+    def test_stale_glance_pins_still_pin(self):
+        known = facts.ImageCatalog(pinned_names=frozenset([IMAGE]),
+                                   pin_property='k=v')
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=30 * DAY),
+                             known)
+        self.assertEqual(
+            (facts.PINNED, 'pinned by its Glance image property k=v'),
+            (result.verdict, result.reason))
+
+    def test_configured_pin_wins_over_deletion_in_glance(self):
+        result = self.decide(base_file(IMAGE, facts.ORIGINAL, age=30 * DAY),
+                             rules=policy(pinned_names=frozenset([IMAGE]),
+                                          deleted_image_min_age=0))
+        self.assertEqual(
+            (facts.PINNED, 'pinned by [image_cache] pinned_images'),
+            (result.verdict, result.reason))
+
+    def test_plan_passes_the_catalog_on(self):
+        files = [base_file(IMAGE, facts.ORIGINAL, age=2 * HOUR),
+                 base_file(OTHER, facts.ORIGINAL, age=2 * HOUR)]
+        self.assertEqual(
+            [facts.REMOVABLE, facts.TOO_YOUNG],
+            [d.verdict for d in plan.plan(files, usage(), GLANCE_POLICY, NOW,
+                                          catalog())])
+        self.assertEqual(
+            [facts.TOO_YOUNG, facts.TOO_YOUNG],
+            [d.verdict for d in plan.plan(files, usage(), GLANCE_POLICY,
+                                          NOW)])
+
+
 class PlanTestCase(unittest.TestCase):
 
     def test_one_decision_per_file_in_the_same_order(self):
@@ -368,8 +509,15 @@ class PolicyFromConfTestCase(unittest.TestCase):
         self.assertEqual(
             facts.Policy(remove_unused=True, original_min_age=DAY,
                          resized_min_age=HOUR, swap_min_age=DAY,
-                         ephemeral_min_age=DAY, pinned_names=frozenset()),
+                         ephemeral_min_age=DAY, pinned_names=frozenset(),
+                         deleted_image_min_age=HOUR),
             plan.policy_from_conf(self.conf))
+
+    def test_deleted_image_age(self):
+        self.conf.set_override('remove_deleted_image_minimum_age_seconds',
+                               600, group='image_cache')
+        self.assertEqual(
+            600, plan.policy_from_conf(self.conf).deleted_image_min_age)
 
     def test_unset_swap_and_ephemeral_follow_original(self):
         self.conf.set_override('remove_unused_original_minimum_age_seconds',

@@ -1,0 +1,660 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What Glance knows: which images exist, which are pinned; and precache.
+
+A pass asks ImageService.catalog() which images Glance still has and which
+carry the pin property, and afterwards lets ImageService.precache_pinned()
+download the pinned images missing from the cache. Glance is never needed
+for safety: when it cannot be reached, a pass goes on as without it.
+
+Precacher.precache() writes a cache file exactly as nova's fetch_to_raw
+would: under nova's lock for the file, into ``<name>.part``, verified
+against Glance's hash while it streams, converted to raw into
+``<name>.converted`` when ``force_raw_images`` is set, synced, then renamed
+into place. A refused or interrupted download leaves nothing behind.
+"""
+
+import dataclasses
+import errno
+import hashlib
+import os
+import stat
+import tempfile
+import time
+
+from glanceclient import client as glance_client
+from glanceclient import exc as glance_exc
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from keystoneauth1.loading import adapter as ks_adapter_loading
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils.imageutils import format_inspector
+from oslo_utils import units
+
+from cachekeeper.cache import facts
+from cachekeeper.cache import inspect
+from cachekeeper.cache import locks
+from cachekeeper.cache import plan
+
+LOG = logging.getLogger(__name__)
+
+GROUP = 'glance'
+API_VERSION = '2'
+
+# Glance caps a page at its api_limit_max, 1000 by default.
+LIST_PAGE_SIZE = 1000
+
+PART_SUFFIX = '.part'
+CONVERTED_SUFFIX = '.converted'
+
+# A download file nobody wrote to for this long belongs to a dead download.
+# A younger one may be nova's precache, which writes without nova's lock.
+STALE_DOWNLOAD_AGE = 600
+
+# A pass downloads at most this many missing pinned images, so that it ends
+# in reasonable time; the others follow in the next passes.
+MAX_PINNED_DOWNLOADS_PER_PASS = 2
+
+# Glance's disk_format -> the formats the downloaded data may be detected
+# as. A raw disk with a GPT partition table is still a raw image.
+ACCEPTED_FORMATS = {
+    'raw': ('raw', 'gpt'),
+    'qcow2': ('qcow2',),
+}
+
+# What failures of Glance, or of the way to it, raise. requests'
+# exceptions, raised while a download streams, are OSErrors.
+SERVICE_ERRORS = (glance_exc.BaseException, glance_exc.ClientException,
+                  ks_exc.ClientException, OSError)
+
+
+class PrecacheError(Exception):
+    """An image was not cached; the message says why in one line."""
+
+
+def is_configured(conf):
+    """Whether Glance is used at all: an endpoint or an auth is set."""
+    return bool(conf.glance.auth_type or conf.glance.endpoint_override)
+
+
+def make_client(conf):
+    """A glanceclient v2 Client from the [glance] keystoneauth options."""
+    auth = ks_loading.load_auth_from_conf_options(conf, GROUP)
+    session = ks_loading.load_session_from_conf_options(conf, GROUP,
+                                                        auth=auth)
+    adapter_options = {}
+    ks_adapter_loading.process_conf_options(conf[GROUP], adapter_options)
+    # The client speaks the v2 API, whatever version discovery would say.
+    for name in ('version', 'min_version', 'max_version'):
+        del adapter_options[name]
+    return glance_client.Client(API_VERSION, session=session,
+                                **adapter_options)
+
+
+def parse_pin_property(text):
+    """Return (key, value) from ``KEY=VALUE``, or None for an empty text.
+
+    Raises ValueError when the text is not of that form.
+    """
+    if not text:
+        return None
+    key, equals, value = text.partition('=')
+    if not equals or not key.strip():
+        raise ValueError('must be KEY=VALUE, got %r' % text)
+    return key.strip(), value.strip()
+
+
+def error_text(exc, limit=200):
+    """One line of text for an exception of Glance or of the way to it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = ' '.join(lines) or exc.__class__.__name__
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _cache_names(image_ids):
+    return frozenset(plan.image_cache_name(i) for i in image_ids)
+
+
+def _size(nbytes):
+    return '%.1f MiB' % (nbytes / units.Mi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The images Glance had when it was listed at ``listed_at``."""
+
+    image_ids: frozenset
+    pinned_ids: frozenset
+    pin_property: str
+    listed_at: float
+
+
+def list_images(client, pin_property, now=time.time):
+    """List every image the service user can see, page by page.
+
+    ``listed_at`` is taken before the first page: an image missing from
+    the listing did not exist, or was deleted, by then.
+    """
+    pin = parse_pin_property(pin_property)
+    listed_at = now()
+    image_ids = set()
+    pinned_ids = set()
+    for image in client.images.list(filters={'visibility': 'all'},
+                                    page_size=LIST_PAGE_SIZE):
+        image_ids.add(image['id'])
+        if pin is not None and str(
+                image.get(pin[0], '')).lower() == pin[1].lower():
+            pinned_ids.add(image['id'])
+    return Listing(frozenset(image_ids), frozenset(pinned_ids), pin_property,
+                   listed_at)
+
+
+class ImageService:
+    """Glance as the passes see it.
+
+    Keeps the last listing for ``[glance] image_list_ttl`` seconds, says
+    once when Glance goes away and once when it is back, and logs each
+    pinned image's download failure once. Nothing here raises into a pass.
+    """
+
+    def __init__(self, conf, now=time.time):
+        self.conf = conf
+        self._now = now
+        self._client = None
+        self._listing = None
+        self._first_seen = {}
+        self._available = None
+        self._download_failures = {}
+
+    @property
+    def configured(self):
+        return is_configured(self.conf)
+
+    def client(self):
+        if self._client is None:
+            self._client = make_client(self.conf)
+        return self._client
+
+    def catalog(self, cache_names):
+        """Return the ImageCatalog for a pass; None if Glance is unused.
+
+        ``cache_names`` are the names the pass found in the cache.
+        """
+        if not self.configured:
+            return None
+        now = self._now()
+        # Only a file in the cache before a listing was taken can be said
+        # to be missing from it: a younger one may hold an image created
+        # after the listing. mtime cannot tell, since touches move it.
+        self._first_seen = {name: self._first_seen.get(name, now)
+                            for name in cache_names}
+        opts = self.conf.glance
+        listing = self._listing
+        age = None if listing is None else now - listing.listed_at
+        if (age is None or not 0 <= age < opts.image_list_ttl
+                or listing.pin_property != opts.pin_property):
+            listing = self._list(opts.pin_property)
+        if listing is None:
+            # Unknown or stale: nothing counts as deleted, and the pins
+            # last seen still hold.
+            last = self._listing
+            return facts.ImageCatalog(
+                pinned_names=(frozenset() if last is None
+                              else _cache_names(last.pinned_ids)),
+                pin_property=opts.pin_property)
+        existing = _cache_names(listing.image_ids)
+        return facts.ImageCatalog(
+            deleted_names=frozenset(
+                name for name, seen in self._first_seen.items()
+                if seen <= listing.listed_at and name not in existing),
+            listed_at=listing.listed_at,
+            pinned_names=_cache_names(listing.pinned_ids),
+            pin_property=opts.pin_property)
+
+    def _list(self, pin_property):
+        """A fresh Listing, or None when Glance cannot give one."""
+        try:
+            listing = list_images(self.client(), pin_property, self._now)
+        except Exception as e:
+            if not isinstance(e, SERVICE_ERRORS):
+                LOG.debug('Unexpected error listing images', exc_info=True)
+            self._went_away(error_text(e))
+            return None
+        if self._available is False:
+            LOG.info('Glance is available again: %d images listed',
+                     len(listing.image_ids))
+        self._available = True
+        self._listing = listing
+        return listing
+
+    def _went_away(self, reason):
+        if self._available is not False:
+            LOG.warning('Glance is unavailable; until it is back, no image '
+                        'counts as deleted in Glance, pins by image property '
+                        'are those last listed, and no pinned image is '
+                        'downloaded: %s', reason)
+        self._available = False
+
+    def pinned_image_ids(self):
+        """Image ids pinned by configuration or by the last listing."""
+        pinned = {i.strip() for i in self.conf.image_cache.pinned_images
+                  if i.strip()}
+        if self._listing is not None:
+            pinned.update(self._listing.pinned_ids)
+        return pinned
+
+    def precache_pinned(self, present_names, stop_event=None):
+        """Download pinned images whose cache file is not in the cache.
+
+        ``present_names`` are the names in the cache. At most
+        MAX_PINNED_DOWNLOADS_PER_PASS downloads, images that failed before
+        last. Returns the PrecacheResults; never raises.
+        """
+        if not self.configured or not self._available:
+            return []
+        pinned = self.pinned_image_ids()
+        for image_id in set(self._download_failures) - pinned:
+            del self._download_failures[image_id]
+        missing = sorted(
+            (i for i in pinned
+             if plan.image_cache_name(i) not in present_names),
+            key=lambda i: (i in self._download_failures, i))
+        results = []
+        if not missing:
+            return results
+        precacher = Precacher.from_conf(self.conf, self.client())
+        for image_id in missing[:MAX_PINNED_DOWNLOADS_PER_PASS]:
+            if stop_event is not None and stop_event.is_set():
+                break
+            try:
+                results.append(precacher.precache(image_id,
+                                                  stop_event=stop_event))
+            except Exception as e:
+                if not isinstance(e, PrecacheError):
+                    LOG.exception('Unexpected error precaching pinned '
+                                  'image %s', image_id)
+                self._download_failed(image_id, str(e))
+            else:
+                if self._download_failures.pop(image_id, None):
+                    LOG.info('Pinned image %s is cached again', image_id)
+        return results
+
+    def _download_failed(self, image_id, message):
+        if self._download_failures.get(image_id) != message:
+            LOG.warning('Cannot cache pinned image %s: %s', image_id,
+                        message)
+        self._download_failures[image_id] = message
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecacheResult:
+    """A cached image: downloaded now, or found in the cache already."""
+
+    image_id: str
+    path: str
+    size: int
+    downloaded: int = 0
+    duration: float = 0.0
+    verified_with: str = None
+    converted_from: str = None
+
+    def summary(self):
+        if not self.downloaded:
+            return ('Image %s is cached already: %s (%s)'
+                    % (self.image_id, self.path, _size(self.size)))
+        rate = self.downloaded / max(self.duration, 1e-3)
+        text = ('Cached image %s as %s (%s): %s downloaded in %.1fs '
+                '(%s/s), %s verified' % (
+                    self.image_id, self.path, _size(self.size),
+                    _size(self.downloaded), self.duration, _size(rate),
+                    self.verified_with))
+        if self.converted_from:
+            text += ', converted from %s to raw' % self.converted_from
+        return text
+
+
+def _expected_hash(image):
+    """(hash object, expected hex digest, algorithm) to verify a download.
+
+    Glance's multihash first, its md5 ``checksum`` when the algorithm is
+    unknown here or missing.
+    """
+    algorithm = image.get('os_hash_algo')
+    value = image.get('os_hash_value')
+    if algorithm and value:
+        try:
+            return hashlib.new(algorithm), value, algorithm
+        except ValueError:
+            LOG.debug('Hash algorithm %s is not available; using md5',
+                      algorithm)
+    checksum = image.get('checksum')
+    if checksum:
+        return hashlib.md5(usedforsecurity=False), checksum, 'md5'
+    raise PrecacheError('Glance has no checksum for image %s, so a download '
+                        'could not be verified' % image['id'])
+
+
+def _supports_direct_io(directory):
+    """Whether files in ``directory`` can be opened with O_DIRECT."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix='.directio.')
+    os.close(fd)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC))
+        return True
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return False
+    finally:
+        os.unlink(path)
+
+
+def _fsync(path, flags=os.O_RDONLY):
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_if_exists(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Precacher:
+    """Downloads Glance images into the image cache as nova would."""
+
+    def __init__(self, client, instances_path, cache_dir, force_raw,
+                 headroom, inspector):
+        self.client = client
+        self.instances_path = instances_path
+        self.cache_dir = cache_dir
+        self.force_raw = force_raw
+        self.headroom = headroom
+        self.inspector = inspector
+
+    @classmethod
+    def from_conf(cls, conf, client):
+        return cls(client, conf.instances_path,
+                   os.path.join(conf.instances_path,
+                                conf.image_cache.subdirectory_name),
+                   conf.force_raw_images,
+                   conf.image_cache.precache_headroom_mb * units.Mi,
+                   inspect.Inspector.from_conf(conf))
+
+    def precache(self, image_id, progress=None, stop_event=None):
+        """Cache image ``image_id`` and return a PrecacheResult.
+
+        An image already cached is verified and touched, as nova's precache
+        touches it, and not downloaded again. ``progress(done, total)`` is
+        called as bytes arrive; ``stop_event`` (a threading.Event) ends a
+        download early. Raises PrecacheError, leaving nothing behind.
+        """
+        started = time.monotonic()
+        name = plan.image_cache_name(image_id)
+        path = os.path.join(self.cache_dir, name)
+        image = self._active_image(image_id)
+        converts = self.force_raw and image['disk_format'] != 'raw'
+        present = self._present(image, path, converts)
+        if present is not None:
+            return present
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self._check_free_space(image_id, image['size'] + (
+            (image.get('virtual_size') or image['size']) if converts else 0))
+        with locks.nova_lock(self.instances_path, name):
+            # nova may have fetched it while this waited for the lock.
+            present = self._present(image, path, converts)
+            if present is not None:
+                return present
+            self._clear_dead_download(path)
+            created = []
+            try:
+                result = self._fetch(image, path, created, progress,
+                                     stop_event)
+            except BaseException:
+                for leftover in created:
+                    _remove_if_exists(leftover)
+                raise
+        result = dataclasses.replace(
+            result, duration=time.monotonic() - started)
+        LOG.info('%s', result.summary())
+        return result
+
+    def _active_image(self, image_id):
+        try:
+            image = self.client.images.get(image_id)
+        except glance_exc.HTTPNotFound:
+            raise PrecacheError('image %s does not exist in Glance'
+                                % image_id)
+        except SERVICE_ERRORS as e:
+            raise PrecacheError('cannot get image %s from Glance: %s'
+                                % (image_id, error_text(e)))
+        if image.get('status') != 'active':
+            raise PrecacheError('image %s is %s in Glance, not active'
+                                % (image_id, image.get('status')))
+        if image.get('disk_format') not in ACCEPTED_FORMATS:
+            raise PrecacheError(
+                'image %s has disk_format %s; only %s images are '
+                'precached' % (image_id, image.get('disk_format'),
+                               ' and '.join(sorted(ACCEPTED_FORMATS))))
+        if image.get('size') is None:
+            raise PrecacheError('Glance gives no size for image %s'
+                                % image_id)
+        return image
+
+    def _present(self, image, path, converts):
+        """A PrecacheResult if ``path`` holds the image, None if missing.
+
+        A file there that does not match the image is left alone (an
+        instance may use it) and is an error.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise PrecacheError('%s exists and is not a regular file; left '
+                                'as it is' % path)
+        mismatch = self._mismatch(image, path, st, converts)
+        if mismatch:
+            raise PrecacheError('%s exists but does not hold image %s: %s; '
+                                'left as it is' % (path, image['id'],
+                                                   mismatch))
+        os.utime(path, follow_symlinks=False)
+        return PrecacheResult(image_id=image['id'], path=path,
+                              size=st.st_size)
+
+    def _mismatch(self, image, path, st, converts):
+        if converts:
+            # Raw from a conversion: as long as the image's virtual size.
+            expected = image.get('virtual_size')
+            if expected is not None and st.st_size != expected:
+                return 'size %d, the image is %d bytes as raw' % (
+                    st.st_size, expected)
+            return None
+        if st.st_size != image['size']:
+            return 'size %d, the image has %d bytes' % (st.st_size,
+                                                        image['size'])
+        hasher, expected, algorithm = _expected_hash(image)
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(units.Mi), b''):
+                hasher.update(chunk)
+        if hasher.hexdigest() != expected:
+            return '%s differs from Glance\'s' % algorithm
+        return None
+
+    def _check_free_space(self, image_id, needed):
+        st = os.statvfs(self.cache_dir)
+        free = st.f_bavail * st.f_frsize
+        if free - needed < self.headroom:
+            raise PrecacheError(
+                'not enough free space in %s for image %s: it needs %s and '
+                '%s must stay free ([image_cache] precache_headroom_mb), '
+                'but only %s is free' % (
+                    self.cache_dir, image_id, _size(needed),
+                    _size(self.headroom), _size(free)))
+
+    def _clear_dead_download(self, path):
+        """Remove what a dead download left; refuse if one seems alive."""
+        for leftover in (path + PART_SUFFIX, path + CONVERTED_SUFFIX):
+            try:
+                st = os.lstat(leftover)
+            except FileNotFoundError:
+                continue
+            age = time.time() - st.st_mtime
+            if stat.S_ISREG(st.st_mode) and age >= STALE_DOWNLOAD_AGE:
+                os.unlink(leftover)
+                LOG.info('Removed %s, left by a download that died',
+                         leftover)
+                continue
+            raise PrecacheError(
+                '%s exists and was written to %.0fs ago: another download '
+                'seems to be running' % (leftover, max(age, 0)))
+
+    def _fetch(self, image, path, created, progress, stop_event):
+        """Download, check, convert and rename into place, under the lock.
+
+        Every file made is appended to ``created`` before it is written,
+        for the caller to remove if this fails.
+        """
+        part = path + PART_SUFFIX
+        downloaded, algorithm = self._download(image, part, created,
+                                               progress, stop_event)
+        fmt, virtual_size = self._checked_format(image, part)
+        converted_from = None
+        if self.force_raw and fmt != 'raw':
+            # The data is on disk now, so the raw copy is all it still needs.
+            self._check_free_space(image['id'], virtual_size)
+            converted = path + CONVERTED_SUFFIX
+            created.append(converted)
+            self._convert(part, converted, fmt, virtual_size)
+            os.unlink(part)
+            final_source, converted_from = converted, fmt
+        else:
+            final_source = part
+        os.rename(final_source, path)
+        _fsync(self.cache_dir, os.O_RDONLY | os.O_DIRECTORY)
+        return PrecacheResult(image_id=image['id'], path=path,
+                              size=os.lstat(path).st_size,
+                              downloaded=downloaded,
+                              verified_with=algorithm,
+                              converted_from=converted_from)
+
+    def _download(self, image, part, created, progress, stop_event):
+        """Stream the image into ``part``; verify size and hash; fsync."""
+        image_id = image['id']
+        hasher, expected, algorithm = _expected_hash(image)
+        total = image['size']
+        try:
+            body = self.client.images.data(image_id, do_checksum=False)
+        except SERVICE_ERRORS as e:
+            raise PrecacheError('cannot download image %s: %s'
+                                % (image_id, error_text(e)))
+        if body is None:
+            raise PrecacheError('Glance has no data for image %s' % image_id)
+        chunks = iter(body)
+        done = 0
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_CLOEXEC, 0o644)
+            created.append(part)
+            with open(fd, 'wb') as f:
+                while True:
+                    if stop_event is not None and stop_event.is_set():
+                        raise PrecacheError('download of image %s stopped'
+                                            % image_id)
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    except SERVICE_ERRORS as e:
+                        raise PrecacheError(
+                            'download of image %s broke off after %d of %d '
+                            'bytes: %s' % (image_id, done, total,
+                                           error_text(e)))
+                    f.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            close = getattr(chunks, 'close', None)
+            if close is not None:
+                close()
+        if done != total:
+            raise PrecacheError('download of image %s ended after %d of %d '
+                                'bytes' % (image_id, done, total))
+        if hasher.hexdigest() != expected:
+            raise PrecacheError(
+                'image %s failed verification: its %s is %s, Glance says %s'
+                % (image_id, algorithm, hasher.hexdigest(), expected))
+        return done, algorithm
+
+    def _checked_format(self, image, part):
+        """Return (format, virtual size) of a downloaded image, if safe.
+
+        As nova does: the format inspector must find the format Glance
+        claims and pass its safety checks (no backing file, no external
+        data file), and qemu-img must find no backing file either.
+        """
+        image_id = image['id']
+        disk_format = image['disk_format']
+        try:
+            detected = format_inspector.detect_file_format(part)
+            detected.safety_check()
+        except format_inspector.SafetyCheckFailed as e:
+            raise PrecacheError('image %s is refused: %s' % (
+                image_id, '; '.join(str(v) for v in e.failures.values())))
+        except format_inspector.ImageFormatError as e:
+            raise PrecacheError('image %s has no recognisable format: %s'
+                                % (image_id, e))
+        if str(detected) not in ACCEPTED_FORMATS[disk_format]:
+            raise PrecacheError('image %s claims to be %s but is %s' % (
+                image_id, disk_format, detected))
+        if disk_format == 'raw':
+            return 'raw', os.lstat(part).st_size
+        try:
+            info = self.inspector.inspect(part, disk_format)
+        except inspect.InspectError as e:
+            raise PrecacheError('image %s cannot be inspected: %s'
+                                % (image_id, e.message))
+        if info.backing_file:
+            raise PrecacheError('image %s is refused: it has a backing file '
+                                '(%s)' % (image_id, info.backing_file))
+        return disk_format, detected.virtual_size
+
+    def _convert(self, source, target, fmt, virtual_size):
+        """Convert ``source`` to raw ``target`` as nova does; fsync it."""
+        cache_mode = ('none' if _supports_direct_io(self.cache_dir)
+                      else 'writeback')
+        try:
+            processutils.execute(
+                'qemu-img', 'convert', '-t', cache_mode, '-f', fmt,
+                '-O', 'raw', source, target,
+                env_variables=dict(os.environ, LC_ALL='C', LANG='C'))
+        except processutils.ProcessExecutionError as e:
+            lines = (e.stderr or '').strip().splitlines()
+            raise PrecacheError('qemu-img convert of %s failed: %s' % (
+                source, lines[-1] if lines else 'exit code %s'
+                % e.exit_code))
+        size = os.lstat(target).st_size
+        if size != virtual_size:
+            raise PrecacheError('qemu-img convert of %s wrote %d bytes, not '
+                                '%d' % (source, size, virtual_size))
+        _fsync(target)
