@@ -27,3 +27,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt -e .
+
+# The integration tests run a real glance-api, from a virtualenv of its own:
+# glance brings many dependencies that cachekeeper must not depend on.
+if [ ! -x .venv-glance/bin/glance-manage ] || [ ! -x .venv-glance/bin/gunicorn ]
+then
+    [ -x .venv-glance/bin/python ] || python3 -m venv .venv-glance
+    .venv-glance/bin/pip install -q --upgrade pip
+    .venv-glance/bin/pip install -q glance==33.0.0 gunicorn==27.0.1
+fi
