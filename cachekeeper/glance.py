@@ -175,7 +175,7 @@ class ImageService:
         self._listing = None
         self._first_seen = {}
         self._available = None
-        self._download_failures = {}
+        self._download_failures = set()
 
     @property
     def configured(self):
@@ -264,8 +264,7 @@ class ImageService:
         if not self.configured or not self._available:
             return []
         pinned = self.pinned_image_ids()
-        for image_id in set(self._download_failures) - pinned:
-            del self._download_failures[image_id]
+        self._download_failures &= pinned
         missing = sorted(
             (i for i in pinned
              if plan.image_cache_name(i) not in present_names),
@@ -284,17 +283,17 @@ class ImageService:
                 if not isinstance(e, PrecacheError):
                     LOG.exception('Unexpected error precaching pinned '
                                   'image %s', image_id)
-                self._download_failed(image_id, str(e))
+                # Once per image: the next messages may differ only in
+                # numbers (bytes, seconds).
+                if image_id not in self._download_failures:
+                    LOG.warning('Cannot cache pinned image %s: %s',
+                                image_id, e)
+                self._download_failures.add(image_id)
             else:
-                if self._download_failures.pop(image_id, None):
-                    LOG.info('Pinned image %s is cached again', image_id)
+                if image_id in self._download_failures:
+                    self._download_failures.discard(image_id)
+                    LOG.info('Pinned image %s is cached now', image_id)
         return results
-
-    def _download_failed(self, image_id, message):
-        if self._download_failures.get(image_id) != message:
-            LOG.warning('Cannot cache pinned image %s: %s', image_id,
-                        message)
-        self._download_failures[image_id] = message
 
 
 @dataclasses.dataclass(frozen=True)

@@ -168,8 +168,9 @@ class GlanceServer:
     def log_tail(self, lines=30):
         text = ''
         for name in ('gunicorn.out', 'glance-api.log'):
+            path = os.path.join(self.root, name)
             try:
-                with open(os.path.join(self.root, name), errors='replace') as f:
+                with open(path, errors='replace') as f:
                     text += ''.join(f.readlines()[-lines:])
             except FileNotFoundError:
                 pass

@@ -421,8 +421,10 @@ def test_daemon_never_removes_pinned_images_and_brings_them_back(
     data = os.urandom(MiB)
     by_property = upload(client, data, cachekeeper_pinned='true')
     by_config = upload(client, os.urandom(MiB))
+    not_in_glance = str(uuid.uuid4())
     host = Host(tmp_path, glance_api.url,
-                image_cache__pinned_images=by_config,
+                image_cache__pinned_images='%s,%s' % (by_config,
+                                                      not_in_glance),
                 image_cache__remove_unused_original_minimum_age_seconds='0')
     host.precacher().precache(by_property)
     set_age(host.path(by_property), 30 * DAY)
@@ -446,6 +448,11 @@ def test_daemon_never_removes_pinned_images_and_brings_them_back(
     assert last_report(host)[1][cache_name(by_config)][0] == facts.PINNED
     assert process.lines('Cached image %s as %s' % (
         by_property, host.path(by_property)))
+    # Tried at every pass, told once.
+    assert len(process.lines(
+        'WARNING .*Cannot cache pinned image %s: image %s does not exist '
+        'in Glance' % (not_in_glance, not_in_glance))) == 1
+    assert not os.path.exists(host.path(not_in_glance))
 
 
 def test_daemon_goes_on_without_glance_and_says_so_once(own_glance_api,
