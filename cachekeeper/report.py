@@ -49,6 +49,7 @@ class PassReport:
     files: list = dataclasses.field(default_factory=list)
     bytes_queued: int = 0
     bytes_reclaimed: int = 0
+    parked: int = 0
     errors: list = dataclasses.field(default_factory=list)
     duration_s: float = 0.0
     dry_run: bool = False
@@ -83,16 +84,14 @@ class PassReport:
     def summary_line(self):
         """The one INFO line a pass logs."""
         counts = ' '.join('%s=%d' % item for item in self.summary.items())
-        return ('%sPass %s in %.2fs: %d files (%s); %s removed, '
-                '%s reclaimed on disk; %d errors' % (
+        return ('%sPass %s in %.2fs: %d files (%s); %s queued for removal, '
+                '%s reclaimed on disk; %d parked; %d errors' % (
                     'Dry-run ' if self.dry_run else '',
                     'interrupted' if self.interrupted else 'done',
                     self.duration_s, len(self.files), counts,
-                    _size(self._bytes_with(facts.REMOVED, facts.QUEUED)),
-                    _size(self.bytes_reclaimed), len(self.errors)))
-
-    def _bytes_with(self, *verdicts):
-        return sum(f.size for f in self.files if f.verdict in verdicts)
+                    _size(self.bytes_queued),
+                    _size(self.bytes_reclaimed), self.parked,
+                    len(self.errors)))
 
 
 def _size(nbytes):

@@ -12,14 +12,17 @@
 
 """The daemon's oslo.service Service: one cache pass every interval."""
 
+import dataclasses
 import threading
 import time
 
 from oslo_log import log as logging
 from oslo_service import service
+from oslo_utils import units
 
 from cachekeeper.cache import manager
 import cachekeeper.conf
+from cachekeeper.scrub import queue
 
 CONF = cachekeeper.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -33,6 +36,30 @@ STOP_TIMEOUT = 4.0
 # The longest the loop sleeps at once. Under eventlet a signal is handled
 # only when the hub wakes up, so long sleeps would delay SIGTERM and SIGHUP.
 MAX_SLEEP = 0.5
+
+
+def open_scrub_queue():
+    """Open this host's scrub queue and bring it in line with the disk.
+
+    Raises db.StateError when the state database or the quarantine
+    directory cannot be used.
+    """
+    scrub_queue = queue.from_conf(CONF)
+    try:
+        scrub_queue.check_quarantine_dir()
+        result = scrub_queue.reconcile(time.time())
+    except Exception:
+        scrub_queue.close()
+        raise
+    for error in result.errors:
+        LOG.warning('Scrub queue reconciliation: %s', error['message'])
+    changes = {outcome: count
+               for outcome, count in dataclasses.asdict(result).items()
+               if outcome != 'errors' and count}
+    if changes:
+        LOG.info('Scrub queue brought in line with the disk: %s', ', '.join(
+            '%d %s' % (count, outcome) for outcome, count in changes.items()))
+    return scrub_queue
 
 
 def pass_interval():
@@ -54,15 +81,19 @@ class CacheKeeperService(service.Service):
         self._wakeup = None
         self._loop_done = None
         self._manager = None
+        self._scrub_queue = None
         self._first_pass_at = None
+        self._last_drain = None
 
     def start(self):
         super().start()
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._loop_done = threading.Event()
-        self._manager = manager.CacheManager(CONF)
+        self._scrub_queue = open_scrub_queue()
+        self._manager = manager.CacheManager(CONF, self._scrub_queue)
         self._first_pass_at = time.monotonic() + FIRST_PASS_DELAY
+        self._last_drain = time.monotonic()
         CONF.register_mutate_hook(self._config_changed)
         self.tg.add_thread(self._run)
         self._log_interval('Started')
@@ -85,6 +116,8 @@ class CacheKeeperService(service.Service):
             if not self._loop_done.wait(STOP_TIMEOUT):
                 LOG.warning('The running pass did not stop within %.0fs',
                             STOP_TIMEOUT)
+            else:
+                self._scrub_queue.close()
         super().stop(graceful)
 
     def _config_changed(self, conf, fresh):
@@ -103,26 +136,38 @@ class CacheKeeperService(service.Service):
 
     def _run(self):
         try:
-            last_start = None
+            last_pass = None
             while not self._stopping.is_set():
-                delay = self._seconds_to_next_pass(last_start)
-                if delay is None or delay > 0:
-                    self._wakeup.wait(min(delay or MAX_SLEEP, MAX_SLEEP))
+                now = time.monotonic()
+                if self._pass_is_due(last_pass, now):
+                    last_pass = self._last_drain = now
+                    self._run_pass()
+                elif now >= self._last_drain + CONF.scrubber.drain_interval:
+                    self._last_drain = now
+                    self._drain()
+                else:
+                    self._wakeup.wait(MAX_SLEEP)
                     self._wakeup.clear()
-                    continue
-                last_start = time.monotonic()
-                self._run_pass()
         finally:
             self._loop_done.set()
 
-    def _seconds_to_next_pass(self, last_start):
-        """None: wait for a wakeup (passes disabled); else seconds to wait."""
+    def _pass_is_due(self, last_pass, now):
         interval = pass_interval()
         if interval is None:
-            return None
-        if last_start is None:
-            return self._first_pass_at - time.monotonic()
-        return last_start + interval - time.monotonic()
+            return False
+        if last_pass is None:
+            return now >= self._first_pass_at
+        return now >= last_pass + interval
+
+    def _drain(self):
+        """Drain the scrub queue between passes (a pass drains it too)."""
+        result = self._manager.drain(stop_event=self._stopping)
+        if result.drained:
+            LOG.info('Scrub queue: deleted %d files, %.1f MiB reclaimed on '
+                     'disk; %d parked', result.drained,
+                     result.bytes_reclaimed / units.Mi, result.parked)
+        for error in result.errors:
+            LOG.warning('%s', error['message'])
 
     def _run_pass(self):
         try:

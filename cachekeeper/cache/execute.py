@@ -33,6 +33,8 @@ from cachekeeper.cache import locks
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import report
+from cachekeeper.scrub import db
+from cachekeeper.scrub import queue
 
 LOG = logging.getLogger(__name__)
 
@@ -42,21 +44,21 @@ class ExecuteResult:
     """What carrying out a plan did, for the PassReport.
 
     ``files`` holds one FileReport per decision, in the same order;
-    ``bytes_removed`` counts the disk space (allocated blocks) of the files
-    actually removed, so it is 0 in a dry run.
+    ``bytes_queued`` counts the disk space (allocated blocks) of the files
+    moved into the scrub queue, so it is 0 in a dry run.
     """
 
     files: list = dataclasses.field(default_factory=list)
     errors: list = dataclasses.field(default_factory=list)
-    bytes_removed: int = 0
+    bytes_queued: int = 0
     interrupted: bool = False
 
     def add_error(self, path, message):
         self.errors.append({'path': path, 'message': message})
 
 
-def execute(decisions, inventory, instances_path, policy, now_fn=time.time,
-            dry_run=False, stop_event=None):
+def execute(decisions, inventory, instances_path, policy, scrub_queue,
+            now_fn=time.time, dry_run=False, stop_event=None):
     """Carry out ``decisions`` (from plan.plan) and return an ExecuteResult.
 
     ``inventory`` re-checks the references to a file inside its lock;
@@ -64,8 +66,8 @@ def execute(decisions, inventory, instances_path, policy, now_fn=time.time,
     never between taking a lock and removing the file.
     """
     result = ExecuteResult()
-    executor = _Executor(result, inventory, instances_path, policy, now_fn,
-                         dry_run)
+    executor = _Executor(result, inventory, instances_path, policy,
+                         scrub_queue, now_fn, dry_run)
     for index, decision in enumerate(decisions):
         # Under eventlet nothing else runs while a pass works through its
         # files: yield, so that a SIGTERM is handled between two files.
@@ -85,11 +87,6 @@ def _interrupted(decision):
     return report.FileReport.from_decision(decision)
 
 
-def _remove(base_file):
-    """Remove a cache file; the one place a pass deletes anything."""
-    os.unlink(base_file.path)
-
-
 def _errno_text(exc):
     name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
     return '%s (%s)' % (name, exc.strerror)
@@ -107,12 +104,13 @@ def _changed_since_scan(base_file, st):
 class _Executor:
     """Carries out the decision for one file and records its errors."""
 
-    def __init__(self, result, inventory, instances_path, policy, now_fn,
-                 dry_run):
+    def __init__(self, result, inventory, instances_path, policy,
+                 scrub_queue, now_fn, dry_run):
         self.result = result
         self.inventory = inventory
         self.instances_path = instances_path
         self.policy = policy
+        self.scrub_queue = scrub_queue
         self.now_fn = now_fn
         self.dry_run = dry_run
 
@@ -164,8 +162,8 @@ class _Executor:
         base_file = decision.base_file
         if self.dry_run:
             return report.FileReport.from_decision(
-                decision, facts.REMOVED,
-                'dry run: would remove: %s' % decision.reason)
+                decision, facts.QUEUED,
+                'dry run: would queue for removal: %s' % decision.reason)
         with locks.nova_lock(self.instances_path, base_file.name):
             refusal = self._recheck(decision)
             if refusal is None:
@@ -176,20 +174,19 @@ class _Executor:
 
     def _remove_rechecked(self, decision):
         base_file = decision.base_file
+        # The only way a pass takes a file out of the cache: into the
+        # scrub queue, which deletes it later and can restore it until then.
         try:
-            _remove(base_file)
-        except OSError as exc:
-            message = 'could not remove %s: %s' % (base_file.path,
-                                                   _errno_text(exc))
+            entry = self.scrub_queue.quarantine(base_file, decision.reason,
+                                                self.now_fn())
+        except (queue.ScrubError, db.StateError) as exc:
+            message = 'could not queue %s for removal: %s' % (
+                base_file.path, exc)
             self.result.add_error(base_file.path, message)
             return report.FileReport.from_decision(decision, facts.ERROR,
                                                    message)
-        # Identity and mtime are still those of the scan, so is the
-        # allocation.
-        self.result.bytes_removed += base_file.allocated
-        LOG.info('Removed unused image cache file %s: %s', base_file.path,
-                 decision.reason)
-        return report.FileReport.from_decision(decision, facts.REMOVED)
+        self.result.bytes_queued += entry.allocated
+        return report.FileReport.from_decision(decision, facts.QUEUED)
 
     def _recheck(self, decision):
         """Check again, under the lock, that the file may go.

@@ -72,13 +72,26 @@ class DiskInfo:
     """What the header of one disk says about its chain.
 
     ``backing_file`` is the name as written in the header (it may be
-    relative to the directory of ``path``), or None.
+    relative to the directory of ``path``), or None; so is ``data_file``,
+    the external file a qcow2 keeps its guest data in.
     """
 
     path: str
     format: str
     backing_file: str = None
     backing_format: str = None
+    data_file: str = None
+
+
+def _data_file(format_specific):
+    """Return the external data file named in qemu-img's qcow2 details.
+
+    They look like {'type': 'qcow2', 'data': {'data-file': NAME, ...}}.
+    """
+    if not isinstance(format_specific, dict):
+        return None
+    data = format_specific.get('data')
+    return data.get('data-file') if isinstance(data, dict) else None
 
 
 def has_backing(fmt):
@@ -245,14 +258,17 @@ class Inspector:
             raise InspectError(
                 path, 'qemu-img info reported format %r for a disk read '
                 'as %r' % (info.file_format, fmt))
-        for value in (info.backing_file, info.backing_file_format):
+        data_file = _data_file(info.format_specific)
+        for value in (info.backing_file, info.backing_file_format,
+                      data_file):
             if value is not None and not isinstance(value, str):
                 raise InspectError(
-                    path, 'qemu-img info printed a backing file that is '
-                    'not a string: %r' % (value,))
+                    path, 'qemu-img info printed a backing or data file '
+                    'that is not a string: %r' % (value,))
         return DiskInfo(path=path, format=fmt,
                         backing_file=info.backing_file or None,
-                        backing_format=info.backing_file_format or None)
+                        backing_format=info.backing_file_format or None,
+                        data_file=data_file or None)
 
     def detect_format(self, path):
         """Return the format of ``path`` from a bounded read of its header.

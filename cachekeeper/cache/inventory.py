@@ -76,6 +76,15 @@ def _stat(path):
         raise
 
 
+def _identity(path):
+    """(st_dev, st_ino) of ``path``, or None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _exists(path):
     try:
         return _stat(path) is not None
@@ -425,8 +434,24 @@ class _Reader:
         self.inspector = inspector
         self.cache_dir = cache_dir
         self.real_cache_dir = os.path.realpath(cache_dir)
+        self.cache_dir_identity = _identity(cache_dir)
         self.cache_names = cache_names
         self._inspected = {}
+        self._parent_identities = {}
+
+    def _in_cache_dir(self, path):
+        """Whether ``path`` names an entry of the cache directory.
+
+        Compared by the identity of the parent directory, not its name: a
+        bind mount gives one directory two real paths.
+        """
+        parent = os.path.dirname(os.path.realpath(path))
+        if parent == self.real_cache_dir:
+            return True
+        if parent not in self._parent_identities:
+            self._parent_identities[parent] = _identity(parent)
+        identity = self._parent_identities[parent]
+        return identity is not None and identity == self.cache_dir_identity
 
     def read(self, paths):
         """Return {path: _Directory} for the directories still there."""
@@ -517,7 +542,7 @@ class _Reader:
         # A domain may use a cache file itself, e.g. as a raw disk; its name
         # is in use even while the file is missing.
         real_path = os.path.realpath(disk.path)
-        if os.path.dirname(real_path) == self.real_cache_dir:
+        if self._in_cache_dir(real_path):
             directory.references.append(facts.Reference(
                 name=os.path.basename(real_path), source=disk.path,
                 reason=owner))
@@ -590,9 +615,7 @@ class _Reader:
         # directory (instances_path may have moved), and hard reboot brings
         # a missing one back from there, so the name is what is in use.
         name = os.path.basename(path)
-        if name not in self.cache_names and (
-                os.path.realpath(os.path.dirname(path)) !=
-                self.real_cache_dir):
+        if name not in self.cache_names and not self._in_cache_dir(path):
             LOG.debug('Backing file %s of %s does not exist', path,
                       link.disk)
             return
@@ -601,6 +624,20 @@ class _Reader:
             'backing chain of %s (recorded backing file %s not found)' %
             (link.disk, path))
 
+    def _data_file(self, link, name):
+        # The guest's data lives in that file: it is used as much as the
+        # backing chain, though it has no chain of its own.
+        if _has_protocol(name):
+            link.directory.doubt(link.disk, 'data file %r of %s is not a '
+                                 'local file' % (name, link.path))
+            return
+        real_path = os.path.realpath(
+            os.path.join(os.path.dirname(link.path), name))
+        if self._in_cache_dir(real_path):
+            self._reference(link, os.path.basename(real_path),
+                            link.chain + (real_path,),
+                            'data file of %s' % link.disk)
+
     def _next_link(self, link, result):
         """Record what ``link`` leads to; return the next link to inspect."""
         directory = link.directory
@@ -608,12 +645,14 @@ class _Reader:
             if _exists(link.path):
                 directory.doubt(link.disk, 'cannot inspect %s: %s' %
                                 (link.path, result.message))
-            elif (len(link.chain) > 1 and os.path.dirname(link.real_path) !=
-                    self.real_cache_dir):
+            elif len(link.chain) > 1 and not self._in_cache_dir(
+                    link.real_path):
                 # Deleted since its parent named it; one in the cache
                 # directory was already recorded then.
                 self._backing_not_found(link, link.chain[:-1], link.path)
             return None
+        if result.data_file is not None:
+            self._data_file(link, result.data_file)
         backing = result.backing_file
         if backing is None:
             return None
@@ -638,7 +677,7 @@ class _Reader:
             directory.doubt(link.disk, 'backing chain loops at %s' % path)
             return None
         chain = link.chain + (real_path,)
-        if os.path.dirname(real_path) == self.real_cache_dir:
+        if self._in_cache_dir(real_path):
             self._reference(link, os.path.basename(real_path), chain,
                             'backing chain of %s' % link.disk)
         if len(chain) >= MAX_CHAIN_LENGTH:

@@ -31,6 +31,9 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import scan
 from cachekeeper import glance
 from cachekeeper import report
+from cachekeeper.scrub import db
+from cachekeeper.scrub import ledger
+from cachekeeper.scrub import queue
 
 LOG = logging.getLogger(__name__)
 
@@ -55,8 +58,9 @@ class Evaluation:
 class CacheManager:
     """Runs passes and gives each warning once, when its subject changes."""
 
-    def __init__(self, conf):
+    def __init__(self, conf, scrub_queue):
         self.conf = conf
+        self.scrub_queue = scrub_queue
         self._warnings = {}
         self.images = glance.ImageService(conf)
 
@@ -112,21 +116,63 @@ class CacheManager:
             outcome = execute.execute(
                 evaluation.decisions, evaluation.inventory,
                 self.conf.instances_path, evaluation.policy,
-                dry_run=dry_run, stop_event=stop_event)
+                self.scrub_queue, dry_run=dry_run, stop_event=stop_event)
             result.files = outcome.files
+            # What could not be read held removals back: a per-file error.
+            result.errors.extend(
+                {'path': doubt.source,
+                 'message': 'cannot read %s: %s; files it could use are '
+                            'kept' % (doubt.source, doubt.message)}
+                for doubt in evaluation.usage.doubts)
             result.errors.extend(outcome.errors)
-            result.bytes_reclaimed = outcome.bytes_removed
+            result.bytes_queued = outcome.bytes_queued
             result.interrupted = outcome.interrupted
-            warnings.update(_warnings_of(evaluation, outcome))
+            if not dry_run:
+                self._record_usage(evaluation, outcome)
+            warnings.update(_warnings_of(evaluation, result.errors))
             warnings.update(self._deleted_in_glance_warnings(evaluation))
             if not dry_run:
                 self.images.precache_pinned(
                     {b.name for b in evaluation.base_files}, stop_event)
+        if not dry_run:
+            drained = self.drain(stop_event=stop_event)
+            result.bytes_reclaimed = drained.bytes_reclaimed
+            result.parked = drained.parked
+            result.errors.extend(drained.errors)
         self._warn_on_change(warnings)
         result.duration_s = time.monotonic() - started
         if not dry_run:
             self._write_report(result)
         return result
+
+    def drain(self, ignore_delay=False, stop_event=None):
+        """Delete the quarantined files that are due; a DrainResult."""
+        try:
+            return self.scrub_queue.drain(
+                time.time(), self.conf.scrubber.scrub_delay,
+                self.conf.scrubber.max_attempts, ignore_delay=ignore_delay,
+                stop_event=stop_event)
+        except db.StateError as e:
+            result = queue.DrainResult()
+            result.errors.append({'path': self.conf.state_path,
+                                  'message': 'cannot drain the scrub queue: '
+                                             '%s' % e})
+            return result
+
+    def _record_usage(self, evaluation, outcome):
+        """Remember when each file was last in use and first unused."""
+        in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
+        unused = [f.path for f in outcome.files
+                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)]
+        try:
+            ledger.record_usage(
+                self.scrub_queue.state_db,
+                [os.path.basename(p) for p in in_use],
+                [os.path.basename(p) for p in unused], time.time(),
+                present_names=[b.name for b in evaluation.base_files])
+        except db.StateError as e:
+            LOG.error('Cannot record file usage in the state database: %s',
+                      e)
 
     def _write_report(self, result):
         try:
@@ -162,7 +208,7 @@ class CacheManager:
         self._warnings = warnings
 
 
-def _warnings_of(evaluation, outcome):
+def _warnings_of(evaluation, errors):
     """The conditions an operator should hear about, keyed by subject."""
     warnings = {}
     for base_file in evaluation.base_files:
@@ -172,10 +218,6 @@ def _warnings_of(evaluation, outcome):
                 % (base_file.path,
                    'unrecognised name' if base_file.is_regular
                    else base_file.file_type))
-    for doubt in evaluation.usage.doubts:
-        warnings[('doubt', doubt.source)] = (
-            'Cannot read %s: %s; files it could use are kept'
-            % (doubt.source, doubt.message))
-    for error in outcome.errors:
+    for error in errors:
         warnings[('error', error['path'])] = error['message']
     return warnings

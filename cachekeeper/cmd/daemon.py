@@ -18,6 +18,7 @@ from oslo_log import log as logging
 
 from cachekeeper import concurrency
 from cachekeeper import config
+from cachekeeper.scrub import db
 from cachekeeper import systemd
 from cachekeeper import version
 
@@ -44,6 +45,13 @@ def main():
 
     from cachekeeper import service
 
+    try:
+        # Checked before the launcher starts, so that a state database or
+        # quarantine directory that cannot be used is a start-up error.
+        service.open_scrub_queue().close()
+    except db.StateError as e:
+        print('cachekeeper: %s' % e, file=sys.stderr)
+        return config.EXIT_CONFIG
     LOG.info('cachekeeper %s starting on the %s backend; image cache %s',
              version.version_string(), CONF.service_backend,
              service.manager.cache_dir(CONF))

@@ -38,6 +38,7 @@ from cachekeeper import config
 from cachekeeper import demo
 from cachekeeper import glance
 from cachekeeper.scrub import db
+from cachekeeper.scrub import ledger
 from cachekeeper.scrub import queue
 
 CONF = config.CONF
@@ -62,6 +63,33 @@ class ConfigCommands:
         return 0
 
 
+def _with_scrub_queue(action, moves_files=False):
+    """Run action(scrub_queue) on this host's queue; return the status.
+
+    A state database or quarantine directory that cannot be used is a
+    configuration problem (2); a refused or failed action is 1.
+    """
+    try:
+        scrub_queue = queue.from_conf(CONF)
+    except db.StateError as e:
+        print('cachekeeper-manage: %s' % e, file=sys.stderr)
+        return config.EXIT_CONFIG
+    try:
+        if moves_files:
+            scrub_queue.check_quarantine_dir()
+    except db.StateError as e:
+        scrub_queue.close()
+        print('cachekeeper-manage: %s' % e, file=sys.stderr)
+        return config.EXIT_CONFIG
+    try:
+        return action(scrub_queue)
+    except (queue.ScrubError, db.StateError, OSError) as e:
+        print('cachekeeper-manage: %s' % e, file=sys.stderr)
+        return 1
+    finally:
+        scrub_queue.close()
+
+
 class CacheCommands:
     """Run a pass over the image cache, or explain one file."""
 
@@ -72,7 +100,14 @@ class CacheCommands:
           help='Print the pass report as one JSON object.')
     def pass_(self, dry_run=False, as_json=False):
         """Run one pass now, as the daemon would."""
-        result = manager.CacheManager(CONF).run_pass(dry_run=dry_run)
+        return _with_scrub_queue(
+            lambda scrub_queue: self._pass(scrub_queue, dry_run, as_json),
+            moves_files=not dry_run)
+
+    @staticmethod
+    def _pass(scrub_queue, dry_run, as_json):
+        result = manager.CacheManager(CONF, scrub_queue).run_pass(
+            dry_run=dry_run)
         if as_json:
             print(result.to_json())
         else:
@@ -93,14 +128,34 @@ class CacheCommands:
             print('cachekeeper-manage: %s is not in the image cache %s'
                   % (path, cache_dir), file=sys.stderr)
             return config.EXIT_CONFIG
-        evaluation = manager.CacheManager(CONF).evaluate()
+        return _with_scrub_queue(
+            lambda scrub_queue: self._explain(scrub_queue, path))
+
+    @staticmethod
+    def _explain(scrub_queue, path):
+        evaluation = manager.CacheManager(CONF, scrub_queue).evaluate()
         for decision in evaluation.decisions:
             if decision.base_file.path == path:
                 print('\n'.join(_explanation(decision, evaluation)))
+                print('\n'.join(_ledger_lines(
+                    ledger.lookup(scrub_queue.state_db,
+                                  decision.base_file.name))))
                 return 0
         print('cachekeeper-manage: no entry %s in the image cache' % path,
               file=sys.stderr)
         return 1
+
+
+def _ledger_lines(entry):
+    def when(timestamp):
+        if timestamp is None:
+            return 'never seen'
+        return datetime.datetime.fromtimestamp(
+            timestamp, datetime.timezone.utc).isoformat(timespec='seconds')
+
+    entry = entry or ledger.LedgerEntry(name=None)
+    return ['first seen unused: %s' % when(entry.first_seen_unused),
+            'last seen in use:  %s' % when(entry.last_seen_in_use)]
 
 
 def _size(nbytes):
@@ -269,18 +324,18 @@ class ScrubCommands:
     def list(self, as_json=False, show_all=False):
         """List quarantined files, oldest first."""
         states = None if show_all else queue.ACTIVE_STATES
-        return self._run(lambda scrub_queue: self._list(
+        return _with_scrub_queue(lambda scrub_queue: self._list(
             scrub_queue.entries(states), as_json))
 
     def drain(self):
         """Delete every queued file now, without waiting for scrub_delay."""
-        return self._run(self._drain, moves_files=True)
+        return _with_scrub_queue(self._drain, moves_files=True)
 
     @args('entry_id', metavar='ID', type=int,
           help='The ID of a queued or parked entry (see scrub list).')
     def restore(self, entry_id):
         """Move a quarantined file back into the image cache."""
-        return self._run(
+        return _with_scrub_queue(
             lambda scrub_queue: self._restore(scrub_queue, entry_id),
             moves_files=True)
 
@@ -288,35 +343,8 @@ class ScrubCommands:
           help='The ID of a parked entry (see scrub list).')
     def retry(self, entry_id):
         """Queue a parked entry again, with a fresh count of attempts."""
-        return self._run(
+        return _with_scrub_queue(
             lambda scrub_queue: self._retry(scrub_queue, entry_id))
-
-    @staticmethod
-    def _run(action, moves_files=False):
-        """Run action(scrub_queue) on this host's queue; return the status.
-
-        A state database or quarantine directory that cannot be used is a
-        configuration problem (2); a refused or failed action is 1.
-        """
-        try:
-            scrub_queue = queue.from_conf(CONF)
-        except db.StateError as e:
-            print('cachekeeper-manage: %s' % e, file=sys.stderr)
-            return config.EXIT_CONFIG
-        try:
-            if moves_files:
-                scrub_queue.check_quarantine_dir()
-        except db.StateError as e:
-            scrub_queue.close()
-            print('cachekeeper-manage: %s' % e, file=sys.stderr)
-            return config.EXIT_CONFIG
-        try:
-            return action(scrub_queue)
-        except (queue.ScrubError, db.StateError, OSError) as e:
-            print('cachekeeper-manage: %s' % e, file=sys.stderr)
-            return 1
-        finally:
-            scrub_queue.close()
 
     def _list(self, entries, as_json):
         if as_json:

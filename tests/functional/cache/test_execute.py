@@ -25,6 +25,8 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import plan
 from cachekeeper.cache import scan
+from cachekeeper.scrub import db
+from cachekeeper.scrub import queue
 from tests.functional.cache import test_locks
 
 DAY = 86400
@@ -69,6 +71,12 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.cache_dir = os.path.join(self.instances_path, '_base')
         os.mkdir(self.cache_dir)
         self.inventory = StandInInventory()
+        state_path = self.useFixture(fixtures.TempDir()).path
+        self.scrub_queue = queue.ScrubQueue(
+            db.open_state(state_path), self.instances_path, self.cache_dir,
+            os.path.join(self.instances_path, '.quarantine'), 'host-1')
+        self.scrub_queue.check_quarantine_dir()
+        self.addCleanup(self.scrub_queue.close)
 
     def path(self, name):
         return os.path.join(self.cache_dir, name)
@@ -102,7 +110,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
 
     def execute(self, decisions, **kwargs):
         return execute.execute(decisions, self.inventory, self.instances_path,
-                               POLICY, **kwargs)
+                               POLICY, self.scrub_queue, **kwargs)
 
     def verdicts(self, result):
         return {os.path.basename(f.path): (f.verdict, f.reason)
@@ -112,14 +120,14 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.make_file(UNUSED)
         allocated = os.lstat(self.path(UNUSED)).st_blocks * 512
         result = self.execute(self.plan())
-        self.assertEqual({UNUSED: (facts.REMOVED,
+        self.assertEqual({UNUSED: (facts.QUEUED,
                                    'unused for 2d (minimum 1d)')},
                          self.verdicts(result))
         self.assertFalse(os.path.lexists(self.path(UNUSED)))
         self.assertTrue(os.path.isfile(self.lock_path(UNUSED)))
         self.assertEqual([UNUSED], self.inventory.rechecked)
-        self.assertEqual(allocated, result.bytes_removed)
-        self.assertGreater(result.bytes_removed, 0)
+        self.assertEqual(allocated, result.bytes_queued)
+        self.assertGreater(result.bytes_queued, 0)
         self.assertEqual([], result.errors)
         self.assertFalse(result.interrupted)
 
@@ -176,7 +184,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.assertEqual(self.path(IN_USE), result.errors[0]['path'])
         self.assertIn(self.path(IN_USE), result.errors[0]['message'])
         self.assertIn('ENOENT', result.errors[0]['message'])
-        self.assertEqual(facts.REMOVED, self.verdicts(result)[UNUSED][0])
+        self.assertEqual(facts.QUEUED, self.verdicts(result)[UNUSED][0])
 
     def test_file_in_use_replaced_by_symlink_is_not_followed(self):
         target = self.make_file('target', directory=self.instances_path)
@@ -282,8 +290,9 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         mtimes = {n: self.mtime(self.path(n)) for n in (UNUSED, IN_USE)}
         result = self.execute(self.plan(), dry_run=True)
         self.assertEqual(
-            {UNUSED: (facts.REMOVED,
-                      'dry run: would remove: unused for 2d (minimum 1d)'),
+            {UNUSED: (facts.QUEUED,
+                      'dry run: would queue for removal: unused for 2d '
+                      '(minimum 1d)'),
              IN_USE: (facts.IN_USE,
                       'backing file of /instances/uuid-1/disk')},
             self.verdicts(result))
@@ -291,7 +300,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
                          {n: self.mtime(self.path(n)) for n in mtimes})
         self.assertFalse(os.path.exists(locks.locks_dir(self.instances_path)))
         self.assertEqual([], self.inventory.rechecked)
-        self.assertEqual(0, result.bytes_removed)
+        self.assertEqual(0, result.bytes_queued)
 
     def execute_in_thread(self, decisions):
         outcome = {}
@@ -312,7 +321,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.assertTrue(os.path.isfile(self.path(UNUSED)))
         holder.release()
         worker.join(10)
-        self.assertEqual(facts.REMOVED,
+        self.assertEqual(facts.QUEUED,
                          self.verdicts(outcome['result'])[UNUSED][0])
         self.assertFalse(os.path.lexists(self.path(UNUSED)))
 
@@ -357,7 +366,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         result = self.execute(self.plan(), stop_event=stop)
         self.assertTrue(result.interrupted)
         self.assertEqual(
-            {UNUSED: (facts.REMOVED, 'unused for 2d (minimum 1d)'),
+            {UNUSED: (facts.QUEUED, 'unused for 2d (minimum 1d)'),
              UNUSED_TOO: (facts.KEPT, 'pass interrupted')},
             self.verdicts(result))
         self.assertFalse(os.path.lexists(self.path(UNUSED)))
@@ -374,15 +383,16 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
 
         self.inventory.on_recheck = replace_by_directory
         result = self.execute(self.plan())
-        message = 'could not remove %s: EISDIR (Is a directory)' % (
-            self.path(UNUSED))
+        message = ('could not queue %s for removal: cannot quarantine %s: '
+                   'it was replaced since the scan' % (self.path(UNUSED),
+                                                       self.path(UNUSED)))
         self.assertEqual(
             {UNUSED: (facts.ERROR, message),
-             UNUSED_TOO: (facts.REMOVED, 'unused for 2d (minimum 1d)')},
+             UNUSED_TOO: (facts.QUEUED, 'unused for 2d (minimum 1d)')},
             self.verdicts(result))
         self.assertEqual([{'path': self.path(UNUSED), 'message': message}],
                          result.errors)
-        self.assertEqual(allocated, result.bytes_removed)
+        self.assertEqual(allocated, result.bytes_queued)
 
     def test_unusable_lock_file_is_an_error_for_that_file_only(self):
         self.make_file(UNUSED)
@@ -395,7 +405,7 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.assertEqual([self.path(UNUSED)],
                          [e['path'] for e in result.errors])
         self.assertTrue(os.path.isfile(self.path(UNUSED)))
-        self.assertEqual(facts.REMOVED,
+        self.assertEqual(facts.QUEUED,
                          self.verdicts(result)[UNUSED_TOO][0])
 
     def test_failing_recheck_is_an_error_and_keeps_the_file(self):

@@ -47,10 +47,9 @@ TOO_YOUNG = facts.TOO_YOUNG
 PINNED = facts.PINNED
 KEPT = facts.KEPT
 IGNORED = facts.IGNORED
-# A removed file leaves _base for good or, once the scrub queue takes the
-# removals, for the quarantine: either way the table says REMOVED.
-REMOVED = facts.REMOVED
-GONE = (facts.REMOVED, facts.QUEUED)
+# A removed file leaves _base for the scrub queue's quarantine.
+REMOVED = facts.QUEUED
+GONE = (facts.QUEUED,)
 
 # Cache file names.
 ROOT = hosttree.image('root-image')
@@ -372,21 +371,13 @@ SCENARIOS = [
              unreadable(readable_overlay),
              UNREADABLE_VERDICTS, UNREADABLE_REASONS, exit_code=None,
              fake_qemu_img=True),
-    pytest.param(
-        Scenario('qcow2 disk with an external data file',
-                 external_data_file,
-                 {ROOT: IN_USE, UNUSED: IN_USE}),
-        marks=pytest.mark.xfail(
-            strict=True, reason='the inventory follows backing files only: '
-            'a data file in _base is removed while a disk uses it')),
-    pytest.param(
-        Scenario('backing file named through another mount of _base',
-                 backing_through_another_mount,
-                 {ROOT: IN_USE, UNUSED: REMOVED},
-                 {ROOT: backing_chain_of(UUID1)}, bind_mount=True),
-        marks=pytest.mark.xfail(
-            strict=True, reason='the inventory compares paths, not files: '
-            'a base nova names through a bind mount is removed in use')),
+    Scenario('qcow2 disk with an external data file',
+             external_data_file,
+             {ROOT: IN_USE, UNUSED: IN_USE}),
+    Scenario('backing file named through another mount of _base',
+             backing_through_another_mount,
+             {ROOT: IN_USE, UNUSED: REMOVED},
+             {ROOT: backing_chain_of(UUID1)}, bind_mount=True),
     Scenario('<uuid>_resize directory',
              resize_directory,
              {ROOT: IN_USE, OTHER: IN_USE, UNUSED: REMOVED},
@@ -503,8 +494,6 @@ def test_scenario(scenario, tmp_path):
         scenario.check(host)
 
 
-@pytest.mark.xfail(strict=True, reason='the pass fails closed for a disk it '
-                   'cannot read, but lists no error and exits 0')
 def test_unreadable_disk_is_an_error_of_the_pass(tmp_path):
     host = hosttree.HostTree(tmp_path)
     unreadable(corrupt_header)(host)
@@ -532,7 +521,8 @@ def test_dry_run_changes_nothing(tmp_path, locks_dir):
     assert {name: e['verdict'] for name, e in entries.items()} == {
         ROOT: IN_USE, SWAP_512: IN_USE, UNUSED: REMOVED,
         SWAP_1024: REMOVED}
-    assert entries[UNUSED]['reason'].startswith('dry run: would remove')
+    assert entries[UNUSED]['reason'].startswith(
+        'dry run: would queue for removal')
 
 
 # Holds nova's lock on one cache file as nova does (oslo.concurrency's
@@ -649,7 +639,7 @@ def test_json_report(tmp_path):
     assert report['summary'] == {verdict: counts[verdict]
                                  for verdict in facts.VERDICTS}
     assert counts[IN_USE] == 1 and counts[TOO_YOUNG] == 1
-    assert counts[REMOVED] + counts[facts.QUEUED] == 5
+    assert counts[REMOVED] == 5
 
 
 def test_explain_names_the_disk_and_the_chain(tmp_path):
