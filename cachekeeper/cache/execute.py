@@ -179,6 +179,10 @@ class _Executor:
         try:
             entry = self.scrub_queue.quarantine(base_file, decision.reason,
                                                 self.now_fn())
+        except queue.TouchedMeanwhile as exc:
+            LOG.info('Kept image cache file %s: %s', base_file.path, exc)
+            return report.FileReport.from_decision(
+                decision, facts.KEPT, 're-touched while being removed')
         except (queue.ScrubError, db.StateError) as exc:
             message = 'could not queue %s for removal: %s' % (
                 base_file.path, exc)

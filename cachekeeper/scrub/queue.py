@@ -114,6 +114,10 @@ class ScrubError(Exception):
     """An operation on the queue was refused or failed; one line."""
 
 
+class TouchedMeanwhile(ScrubError):
+    """A file touched while being quarantined; it is back in the cache."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One file the queue knows about (see the module for the states)."""
@@ -312,7 +316,8 @@ class ScrubQueue:
 
         The caller holds nova's lock for the file and has checked that it
         may go. Raises ScrubError, with the file left in the cache, when
-        the file changed since the scan or cannot be moved.
+        the file changed since the scan or cannot be moved, and
+        TouchedMeanwhile when its mtime is no longer the scan's.
         """
         if os.path.join(self.cache_dir, base_file.name) != base_file.path:
             raise ScrubError('%s is not in the image cache %s'
@@ -350,10 +355,29 @@ class ScrubQueue:
                              last_error=message)
             raise ScrubError(message) from e
         _crash_point('quarantine-renamed')
+        # nova touches a base outside its lock just before it uses it. A
+        # touch that landed after the caller's checks shows on the moved
+        # inode: the file goes back while the caller still holds nova's
+        # lock, so nova finds it when it takes the lock to use it.
+        if os.lstat(quarantine_path).st_mtime != base_file.mtime:
+            self._put_back(entry_id, quarantine_path, base_file.path, now)
+            raise TouchedMeanwhile('%s was touched while it was being '
+                                   'quarantined; put back' % base_file.path)
         self._transition(entry_id, (QUARANTINING,), QUEUED, now)
         LOG.info('Quarantined %s as %s (scrub queue entry %d): %s',
                  base_file.path, quarantine_path, entry_id, reason)
         return self.entry(entry_id)
+
+    def _put_back(self, entry_id, quarantine_path, path, now):
+        try:
+            os.rename(quarantine_path, path)
+        except OSError as e:
+            # Left to reconcile, which finds where the file is.
+            raise ScrubError('%s was touched while it was being quarantined '
+                             'and cannot be put back: %s'
+                             % (path, _errno_text(e))) from e
+        self._transition(entry_id, (QUARANTINING,), ROLLED_BACK, now,
+                         last_error='touched while being quarantined')
 
     def drain(self, now, scrub_delay, max_attempts, ignore_delay=False,
               stop_event=None):

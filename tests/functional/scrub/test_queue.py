@@ -120,6 +120,17 @@ class QuarantineTestCase(base.ScrubTestCase):
         self.assertEqual([base_file.name], self.cache_names())
         self.assertEqual([], self.queue.entries())
 
+    def test_file_touched_after_the_scan_goes_back(self):
+        # nova's touch after the caller's last check, before the rename.
+        base_file = self.make_file(base.image_name(1), b'in use')
+        os.utime(base_file.path)
+        with self.assertRaisesRegex(queue.TouchedMeanwhile, 'put back'):
+            self.quarantine(base_file)
+        self.assertEqual([base_file.name], self.cache_names())
+        self.assertEqual([], self.quarantined_names())
+        [entry] = self.queue.entries()
+        self.assertEqual(queue.ROLLED_BACK, entry.state)
+
     def test_existing_quarantine_name_is_never_overwritten(self):
         base_file = self.make_file(base.image_name(1))
         # What a database restored from a backup would run into: the next

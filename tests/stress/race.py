@@ -1,0 +1,298 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Spawn/remove races: simulated nova-computes against back-to-back passes.
+
+Several novasim processes spawn, rescue, resize and delete instances on
+one host while a passloop process runs cache passes back to back with
+minimum ages of 1 s and no scrub delay, so that unused bases really go
+within seconds. Meanwhile this process checks the invariant (every
+instance disk's backing chain is complete, and made on the download of
+its base that is still there) over and over; once the simulators are
+done, passes go on over the instances they left, and the invariant is
+checked once more with everything quiet. Lock files must keep their
+inodes throughout.
+
+The short version runs in CI (tests/stress/test_race.py); the long one by
+hand::
+
+    .venv/bin/python -m tests.stress.race --cycles 5000
+
+It prints the report as JSON and exits 1 on any violation or if nothing
+was removed.
+"""
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.stress import invariant
+from tests.stress import novasim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+MIN_AGE = 1
+# Passes over the instances the simulators leave, with nothing changing.
+SETTLE_SECONDS = 4
+# Between two runs of qemu-img info on every disk; the token check runs
+# in between, as often as it can.
+CHAIN_CHECK_INTERVAL = 1.0
+STOP_TIMEOUT = 60
+
+
+@dataclasses.dataclass
+class RaceResult:
+    cycles: int = 0
+    spawned: int = 0
+    failed_spawns: dict = dataclasses.field(default_factory=dict)
+    removed: int = 0
+    passes: int = 0
+    violations: list = dataclasses.field(default_factory=list)
+    checks: int = 0
+    disks_at_end: int = 0
+    counts: dict = dataclasses.field(default_factory=dict)
+    pass_loop: dict = dataclasses.field(default_factory=dict)
+    log_problems: list = dataclasses.field(default_factory=list)
+    duration_s: float = 0.0
+
+    def summary(self):
+        return ('%d cycles (%d spawned, failed spawns %s), %d passes, '
+                '%d files removed, %d invariant checks, %d disks at the '
+                'end, %d violations, %.0fs' % (
+                    self.cycles, self.spawned, self.failed_spawns or 'none',
+                    self.passes, self.removed, self.checks,
+                    self.disks_at_end, len(self.violations),
+                    self.duration_s))
+
+
+class Host:
+    """instances_path, state_path, the simulators' records, the config."""
+
+    def __init__(self, root):
+        self.root = root
+        self.instances_path = os.path.join(root, 'instances')
+        self.state_path = os.path.join(root, 'state')
+        self.records = os.path.join(root, 'records')
+        self.config_file = os.path.join(root, 'cachekeeper.conf')
+        self.log_file = os.path.join(root, 'passloop.log')
+        os.makedirs(os.path.join(self.instances_path, '_base'))
+        os.makedirs(os.path.join(self.instances_path, 'locks'))
+        os.mkdir(self.state_path, 0o700)
+        os.mkdir(self.records)
+        ages = '\n'.join(
+            'remove_unused_%s_minimum_age_seconds = %d' % (kind, MIN_AGE)
+            for kind in ('original', 'resized', 'swap', 'ephemeral'))
+        with open(self.config_file, 'w') as f:
+            f.write('[DEFAULT]\ninstances_path = %s\nstate_path = %s\n'
+                    'host = race\nlog_file = %s\n'
+                    '[image_cache]\n%s\n[scrubber]\nscrub_delay = 0\n' % (
+                        self.instances_path, self.state_path,
+                        self.log_file, ages))
+
+
+def _python(log_path, module, *args):
+    """Start ``python -m module args``; its stderr goes to ``log_path``."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with open(log_path, 'wb') as log:
+        return subprocess.Popen([sys.executable, '-m', module] + list(args),
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=log)
+
+
+def _stop(process, log_path, timeout=STOP_TIMEOUT):
+    """SIGTERM ``process``; return the end of its stderr."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    with open(log_path, errors='replace') as f:
+        return f.read()[-2000:]
+
+
+def _read_report(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class Checker:
+    """Checks the invariant while things change; collects violations."""
+
+    def __init__(self, host):
+        self.host = host
+        self.violations = collections.OrderedDict()
+        self.checks = 0
+        self._next_chain_check = 0.0
+
+    def add(self, messages):
+        for message in messages:
+            self.violations.setdefault(message, None)
+
+    def check_once(self):
+        self.add(invariant.check_tokens(self.host.instances_path,
+                                         self.host.records))
+        if time.monotonic() >= self._next_chain_check:
+            self.add(invariant.check_chains(self.host.instances_path,
+                                             self.host.records))
+            self._next_chain_check = time.monotonic() + CHAIN_CHECK_INTERVAL
+        self.checks += 1
+
+    def check_until(self, done):
+        while not done():
+            self.check_once()
+            time.sleep(0.02)
+
+
+def _lock_file_violations(lock_inodes):
+    violations = []
+    for path, ino in sorted(lock_inodes.items()):
+        try:
+            now = os.stat(path).st_ino
+        except FileNotFoundError:
+            violations.append('lock file %s was removed' % path)
+            continue
+        if now != ino:
+            violations.append('lock file %s was replaced' % path)
+    return violations
+
+
+def _log_problems(log_file):
+    try:
+        with open(log_file, errors='replace') as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [line for line in lines
+            if 'Traceback' in line or ' ERROR ' in line][:20]
+
+
+def _start_simulators(root, host, cycles, workers, seed, images, max_live,
+                      mean_life, time_limit):
+    """Start the novasim workers; return [(report, log, process)]."""
+    simulators = []
+    for worker in range(workers):
+        report = os.path.join(root, 'novasim-%d.json' % worker)
+        log = os.path.join(root, 'novasim-%d.log' % worker)
+        share = cycles // workers + (1 if worker < cycles % workers else 0)
+        simulators.append((report, log, _python(
+            log, 'tests.stress.novasim',
+            '--instances-path', host.instances_path,
+            '--records', host.records, '--report', report,
+            '--seed', str(seed * 1000 + worker), '--cycles', str(share),
+            '--max-live', str(max_live), '--mean-life', str(mean_life),
+            '--min-age', str(MIN_AGE), '--images', str(images),
+            '--time-limit', str(time_limit))))
+    return simulators
+
+
+def _collect_simulators(simulators, errors, checker, result):
+    """Add up the simulators' reports into ``result``."""
+    counts = collections.Counter()
+    failed = collections.Counter()
+    lock_inodes = {}
+    for (report_path, _log, process), error in zip(simulators, errors):
+        report = _read_report(report_path)
+        if report is None or process.returncode != 0:
+            checker.add(['simulator %s failed (exit %s): %s' % (
+                report_path, process.returncode, error)])
+            continue
+        result.cycles += report['cycles']
+        counts.update(report['counts'])
+        failed.update(report['failed_spawns'])
+        checker.add(report['violations'])
+        for path, ino in report['lock_inodes'].items():
+            if lock_inodes.setdefault(path, ino) != ino:
+                checker.add(['lock file %s has two inodes' % path])
+    checker.add(_lock_file_violations(lock_inodes))
+    result.spawned = counts['spawned']
+    result.counts = dict(counts)
+    result.failed_spawns = dict(failed)
+
+
+def run_race(root, cycles, workers=4, seed=1, images=6, max_live=3,
+             mean_life=0.8, time_limit=3600):
+    """Run the race in directory ``root``; return a RaceResult."""
+    started = time.monotonic()
+    host = Host(root)
+    pass_report = os.path.join(root, 'passloop.json')
+    pass_log = os.path.join(root, 'passloop.stderr')
+    pass_loop = _python(pass_log, 'tests.stress.passloop', '--config-file',
+                        host.config_file, '--report', pass_report)
+    simulators = _start_simulators(root, host, cycles, workers, seed, images,
+                                   max_live, mean_life, time_limit)
+    checker = Checker(host)
+    try:
+        checker.check_until(lambda: all(p.poll() is not None
+                                        for _r, _l, p in simulators))
+        settle_until = time.monotonic() + SETTLE_SECONDS
+        checker.check_until(lambda: time.monotonic() >= settle_until)
+    finally:
+        pass_error = _stop(pass_loop, pass_log)
+        simulator_errors = [_stop(p, log) for _r, log, p in simulators]
+    # Everything is quiet now: the last check is exact.
+    checker.add(invariant.check_chains(host.instances_path, host.records))
+    checker.add(invariant.check_tokens(host.instances_path, host.records))
+    result = RaceResult()
+    result.disks_at_end = sum(1 for _ in invariant.instance_disks(
+        host.instances_path))
+    _collect_simulators(simulators, simulator_errors, checker, result)
+    loop = _read_report(pass_report)
+    if loop is None or pass_loop.returncode != 0:
+        checker.add(['pass loop failed (exit %s): %s' % (
+            pass_loop.returncode, pass_error)])
+        loop = {}
+    result.pass_loop = loop
+    result.passes = loop.get('passes', 0)
+    result.removed = loop.get('removed', 0)
+    result.violations = list(checker.violations)
+    result.checks = checker.checks
+    result.log_problems = _log_problems(host.log_file)
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cycles', type=int, default=5000)
+    parser.add_argument('--workers', type=int, default=4)
+    parser.add_argument('--seed', type=int, default=int(time.time()))
+    parser.add_argument('--images', type=int, default=6)
+    parser.add_argument('--max-live', type=int, default=3)
+    parser.add_argument('--mean-life', type=float, default=0.8)
+    parser.add_argument('--dir', help='Where to build the host (kept); '
+                                      'default: a temporary directory.')
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    root = args.dir or tempfile.mkdtemp(prefix='cachekeeper-race-')
+    result = run_race(root, args.cycles, workers=args.workers,
+                      seed=args.seed, images=args.images,
+                      max_live=args.max_live, mean_life=args.mean_life)
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    print('seed %d, host in %s: %s' % (args.seed, root, result.summary()),
+          file=sys.stderr)
+    return 1 if result.violations or not result.removed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
