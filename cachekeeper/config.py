@@ -144,7 +144,26 @@ def _cross_option_problems(conf):
     state_problem = _state_path_problem(conf.state_path)
     if state_problem:
         problem('DEFAULT', 'state_path', state_problem)
+    metrics_problem = _metrics_file_problem(conf.metrics_file)
+    if metrics_problem:
+        problem('DEFAULT', 'metrics_file', metrics_problem)
     return problems
+
+
+def _metrics_file_problem(path):
+    if not path:
+        return None
+    if not os.path.isabs(path):
+        return 'must be an absolute path'
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return 'directory %s does not exist' % directory
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # The file is replaced by renaming a new one into its directory.
+        return 'directory %s is not writable by this user' % directory
+    if os.path.isdir(path):
+        return '%s is a directory' % path
+    return None
 
 
 def _glance_problems(conf):

@@ -61,6 +61,8 @@ CONVERTED_SUFFIX = '.converted'
 # A download file nobody wrote to for this long belongs to a dead download.
 # A younger one may be nova's precache, which writes without nova's lock.
 STALE_DOWNLOAD_AGE = 600
+# The file made in the image cache to find out whether it takes O_DIRECT.
+DIRECT_IO_PROBE_PREFIX = '.directio.'
 
 # A pass downloads at most this many missing pinned images, so that it ends
 # in reasonable time; the others follow in the next passes.
@@ -346,7 +348,7 @@ def _expected_hash(image):
 
 def _supports_direct_io(directory):
     """Whether files in ``directory`` can be opened with O_DIRECT."""
-    fd, path = tempfile.mkstemp(dir=directory, prefix='.directio.')
+    fd, path = tempfile.mkstemp(dir=directory, prefix=DIRECT_IO_PROBE_PREFIX)
     os.close(fd)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC))

@@ -46,6 +46,23 @@ class FileReport:
 
 @dataclasses.dataclass
 class PassReport:
+    """What one pass did.
+
+    Besides the keys of the command line contract, the JSON has: when the
+    pass started and finished (seconds since the epoch), its ``result``,
+    the files and bytes of the cache after it (``cache``: files,
+    apparent_bytes, allocated_bytes), the disk-space ``budget`` it applied
+    and how many removed files came back (``comebacks``).
+
+    ``budget`` has the limits (max_cache_bytes, high_watermark_percent,
+    low_watermark_percent), whether the cache was over them (over_size,
+    over_watermark), the cache's allocated bytes and the filesystem's
+    usage before and after the pass (cache_bytes_before, ..._after,
+    filesystem_percent_before, ..._after, None when unknown), what was
+    done (evicted_files, evicted_bytes, expedited_entries: queued files
+    deleted early) and whether the cache is ``within`` its budget after.
+    """
+
     files: list = dataclasses.field(default_factory=list)
     bytes_queued: int = 0
     bytes_reclaimed: int = 0
@@ -54,6 +71,11 @@ class PassReport:
     duration_s: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
+    started_at: float = None
+    finished_at: float = None
+    cache: dict = None
+    budget: dict = None
+    comebacks: int = 0
 
     def add_error(self, path, message):
         self.errors.append({'path': path, 'message': message})
@@ -68,6 +90,12 @@ class PassReport:
         """0: pass done; 1: pass done with per-file errors."""
         return 1 if self.errors else 0
 
+    @property
+    def result(self):
+        if self.interrupted:
+            return RESULT_INTERRUPTED
+        return RESULT_ERRORS if self.errors else RESULT_DONE
+
     def to_dict(self):
         return {
             'files': [dataclasses.asdict(f) for f in self.files],
@@ -76,6 +104,13 @@ class PassReport:
             'bytes_reclaimed': self.bytes_reclaimed,
             'errors': list(self.errors),
             'duration_s': round(self.duration_s, 3),
+            'started_at': self.started_at,
+            'finished_at': self.finished_at,
+            'result': self.result,
+            'parked': self.parked,
+            'cache': self.cache,
+            'budget': self.budget,
+            'comebacks': self.comebacks,
         }
 
     def to_json(self):
@@ -91,11 +126,62 @@ class PassReport:
                     self.duration_s, len(self.files), counts,
                     _size(self.bytes_queued),
                     _size(self.bytes_reclaimed), self.parked,
-                    len(self.errors)))
+                    len(self.errors))) + self._budget_text()
+
+    def _budget_text(self):
+        budget = self.budget
+        if not budget or not (budget['over_size']
+                              or budget['over_watermark']):
+            return ''
+        over = []
+        if budget['over_size']:
+            over.append('cache %s > %s max' % (
+                _size(budget['cache_bytes_before']),
+                _size(budget['max_cache_bytes'])))
+        if budget['over_watermark']:
+            over.append('filesystem %.1f%% > %d%% high watermark' % (
+                budget['filesystem_percent_before'],
+                budget['high_watermark_percent']))
+        text = '; over budget (%s): %s %d files (%s)' % (
+            ', '.join(over), 'would evict' if self.dry_run else 'evicted',
+            budget['evicted_files'], _size(budget['evicted_bytes']))
+        if budget['expedited_entries']:
+            text += ', %d queued files deleted early' % (
+                budget['expedited_entries'])
+        if self.dry_run:
+            return text
+        now = ['cache %s' % _size(budget['cache_bytes_after'])]
+        if budget['filesystem_percent_after'] is not None:
+            now.append('filesystem %.1f%%'
+                       % budget['filesystem_percent_after'])
+        return '%s; now %s, %s' % (
+            text, ', '.join(now),
+            'within budget' if budget['within'] else 'still over budget')
+
+
+RESULT_DONE = 'done'
+RESULT_ERRORS = 'done with errors'
+RESULT_INTERRUPTED = 'interrupted'
 
 
 def _size(nbytes):
     return '%.1f MiB' % (nbytes / units.Mi)
+
+
+def read(state_path):
+    """Return the last report written into ``state_path`` (a dict) or None.
+
+    Raises ValueError when the file is not a report.
+    """
+    try:
+        with open(os.path.join(state_path, REPORT_FILE)) as f:
+            document = json.load(f)
+    except FileNotFoundError:
+        return None
+    if not isinstance(document, dict) or 'files' not in document:
+        raise ValueError('%s is not a pass report'
+                         % os.path.join(state_path, REPORT_FILE))
+    return document
 
 
 def write(report, state_path):

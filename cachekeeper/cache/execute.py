@@ -26,6 +26,7 @@ import stat
 import threading
 import time
 
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from cachekeeper.cache import facts
@@ -45,12 +46,14 @@ class ExecuteResult:
 
     ``files`` holds one FileReport per decision, in the same order;
     ``bytes_queued`` counts the disk space (allocated blocks) of the files
-    moved into the scrub queue, so it is 0 in a dry run.
+    moved into the scrub queue and ``bytes_removed`` that of the download
+    residue deleted, so both are 0 in a dry run.
     """
 
     files: list = dataclasses.field(default_factory=list)
     errors: list = dataclasses.field(default_factory=list)
     bytes_queued: int = 0
+    bytes_removed: int = 0
     interrupted: bool = False
 
     def add_error(self, path, message):
@@ -119,6 +122,9 @@ class _Executor:
         try:
             if decision.verdict == facts.IN_USE:
                 return self._refresh(decision)
+            if (decision.verdict == facts.REMOVABLE
+                    and decision.base_file.kind == facts.RESIDUE):
+                return self._remove_residue(decision)
             if decision.verdict == facts.REMOVABLE:
                 return self._remove_if_unused(decision)
             return report.FileReport.from_decision(decision)
@@ -172,13 +178,49 @@ class _Executor:
         LOG.info('Kept image cache file %s: %s', base_file.path, reason)
         return report.FileReport.from_decision(decision, verdict, reason)
 
+    def _remove_residue(self, decision):
+        """Delete stale download residue under the lock of its target.
+
+        Residue is not a cache file: nova never uses a partial download,
+        so a quarantine could only ever give back garbage. It is deleted
+        on the spot. A held lock means a download is running: the file is
+        left alone without waiting.
+        """
+        base_file = decision.base_file
+        if self.dry_run:
+            return report.FileReport.from_decision(
+                decision, facts.REMOVED,
+                'dry run: would remove: %s' % decision.reason)
+        target = plan.download_target(base_file.name)
+        try:
+            with locks.nova_lock(self.instances_path, target,
+                                 blocking=False):
+                refusal = self._recheck(decision)
+                if refusal is None:
+                    os.unlink(base_file.path)
+                    self.result.bytes_removed += base_file.allocated
+                    LOG.info('Removed download residue %s: %s',
+                             base_file.path, decision.reason)
+                    return report.FileReport.from_decision(decision,
+                                                           facts.REMOVED)
+        except lockutils.AcquireLockFailedException:
+            refusal = facts.KEPT, (
+                'not removed: the lock %s is held, a download of %s may be '
+                'running' % (locks.lock_file_path(self.instances_path,
+                                                  target), target))
+        verdict, reason = refusal
+        LOG.info('Kept download residue %s: %s', base_file.path, reason)
+        return report.FileReport.from_decision(decision, verdict, reason)
+
     def _remove_rechecked(self, decision):
         base_file = decision.base_file
+        now = self.now_fn()
         # The only way a pass takes a file out of the cache: into the
         # scrub queue, which deletes it later and can restore it until then.
         try:
-            entry = self.scrub_queue.quarantine(base_file, decision.reason,
-                                                self.now_fn())
+            entry = self.scrub_queue.quarantine(
+                base_file, decision.reason, now,
+                drain_at=now if decision.drain_now else None)
         except queue.TouchedMeanwhile as exc:
             LOG.info('Kept image cache file %s: %s', base_file.path, exc)
             return report.FileReport.from_decision(

@@ -126,6 +126,8 @@ class Policy:
     # Unset, an original whose image Glance no longer has ages like any
     # other original.
     deleted_image_min_age: int = None
+    # Unset, download residue is never removed.
+    residue_min_age: int = None
 
     def min_age(self, kind):
         return {
@@ -134,6 +136,7 @@ class Policy:
             LEGACY_SM: self.resized_min_age,
             SWAP: self.swap_min_age,
             EPHEMERAL: self.ephemeral_min_age,
+            RESIDUE: self.residue_min_age,
         }.get(kind)
 
 
@@ -158,7 +161,12 @@ class ImageCatalog:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """The verdict for one cache entry, with what it rests on."""
+    """The verdict for one cache entry, with what it rests on.
+
+    ``drain_now`` asks for a removed file to be deleted in this pass,
+    without waiting for the scrub queue's delay: the cache is over its
+    disk-space budget (see cachekeeper.cache.budget).
+    """
 
     base_file: BaseFile
     verdict: str
@@ -166,3 +174,4 @@ class Decision:
     age: float
     min_age: int = None
     references: tuple = ()
+    drain_now: bool = False

@@ -36,6 +36,8 @@ LOG = logging.getLogger(__name__)
 
 LOCKS_DIR = 'locks'
 LOCK_FILE_PREFIX = 'nova-'
+# The temporary files a new lock file is made under (see _ensure_lock_file).
+TEMPORARY_PREFIX = '.cachekeeper-'
 
 _LOCKS_DIR_MODE = 0o755
 _LOCK_FILE_MODE = 0o644
@@ -73,18 +75,21 @@ def lock_file_path(instances_path, name):
 
 
 @contextlib.contextmanager
-def nova_lock(instances_path, name):
+def nova_lock(instances_path, name, blocking=True):
     """Hold nova's lock for the cache file ``name``; blocks until it is free.
 
     A missing lock file (and ``locks`` directory) is created first, with
     the owner and group of its parent directory, so that nova, which opens
-    the file for writing, can still take the lock afterwards.
+    the file for writing, can still take the lock afterwards. Not
+    ``blocking``, it raises lockutils.AcquireLockFailedException when
+    another process or thread holds the lock.
     """
     directory = locks_dir(instances_path)
     _ensure_locks_dir(instances_path, directory)
     _ensure_lock_file(directory, lock_file_path(instances_path, name))
     with lockutils.lock(name, lock_file_prefix=LOCK_FILE_PREFIX,
-                        external=True, lock_path=directory):
+                        external=True, lock_path=directory,
+                        blocking=blocking):
         yield
 
 
@@ -148,7 +153,7 @@ def _ensure_lock_file(directory, path):
     # The file gets its owner and mode under a temporary name and is then
     # linked into place, which fails if it exists already: nova never sees
     # a lock file it cannot open, and an existing one is left as it is.
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix='.cachekeeper-')
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
     try:
         created = os.fstat(fd)
         if (created.st_uid, created.st_gid) != (owner.st_uid, owner.st_gid):

@@ -22,18 +22,24 @@ import time
 
 from oslo_log import log as logging
 
+from cachekeeper.cache import budget
 from cachekeeper.cache import execute
 from cachekeeper.cache import domains
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
 from cachekeeper.cache import plan
+from cachekeeper.cache import residue
 from cachekeeper.cache import scan
 from cachekeeper import glance
+from cachekeeper import metrics
 from cachekeeper import report
+from cachekeeper import status
 from cachekeeper.scrub import db
 from cachekeeper.scrub import ledger
 from cachekeeper.scrub import queue
+from cachekeeper.scrub import thrash
+from cachekeeper.scrub import totals
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ class Evaluation:
     inventory: inventory.Inventory
     policy: facts.Policy
     catalog: facts.ImageCatalog = None
+    # None when the state database could not be read for it.
+    budget_outcome: budget.Outcome = None
 
 
 class CacheManager:
@@ -75,10 +83,33 @@ class CacheManager:
         usage = instance_inventory.collect(b.name for b in base_files)
         policy = plan.policy_from_conf(self.conf)
         catalog = self.images.catalog(b.name for b in base_files)
-        decisions = plan.plan(base_files, usage, policy, time.time(),
-                              catalog)
+        now = time.time()
+        decisions = plan.plan(base_files, usage, policy, now, catalog)
+        decisions, outcome = self._apply_budget(decisions, usage, now)
         return Evaluation(base_files, usage, decisions, instance_inventory,
-                          policy, catalog)
+                          policy, catalog, outcome)
+
+    def _apply_budget(self, decisions, usage, now):
+        """Evict what the disk-space budget asks for (see budget)."""
+        try:
+            last_used = ledger.last_uses(self.scrub_queue.state_db)
+            waiting = [budget.Waiting(e.id, e.allocated, e.queued_at)
+                       for e in self.scrub_queue.entries((queue.QUEUED,))]
+        except db.StateError as e:
+            # Without the ledger a file's last use is unknown: evict nothing.
+            LOG.error('Cannot read the state database to apply the '
+                      'disk-space budget: %s', e)
+            return decisions, None
+        return budget.apply(decisions, usage, last_used,
+                            budget.Limits.from_conf(self.conf),
+                            self._filesystem(), waiting, now)
+
+    def _filesystem(self):
+        """The budget.Filesystem of the cache (None if unknown)."""
+        cache = cache_dir(self.conf)
+        # A cache nova has not made yet will be made there.
+        return status.filesystem_of(
+            cache if os.path.isdir(cache) else self.conf.instances_path)
 
     def _inventory(self):
         # Built per pass so that a reloaded configuration applies.
@@ -103,8 +134,15 @@ class CacheManager:
 
     def run_pass(self, dry_run=False, stop_event=None):
         started = time.monotonic()
-        result = report.PassReport(dry_run=dry_run)
+        result = report.PassReport(dry_run=dry_run, started_at=time.time())
         warnings = {}
+        leftovers = residue.remove(self.conf, time.time(), dry_run=dry_run)
+        result.files.extend(leftovers.files)
+        result.errors.extend(leftovers.errors)
+        removed_bytes = leftovers.bytes_removed
+        evaluation = None
+        if not dry_run:
+            self._adopt_orphans()
         try:
             evaluation = self.evaluate()
         except OSError as e:
@@ -113,11 +151,15 @@ class CacheManager:
             result.add_error(cache_dir(self.conf), message)
             warnings[('cache', cache_dir(self.conf))] = message
         else:
+            if not dry_run:
+                result.comebacks = self._detect_comebacks(evaluation)
+                self._expedite(evaluation.budget_outcome)
             outcome = execute.execute(
                 evaluation.decisions, evaluation.inventory,
                 self.conf.instances_path, evaluation.policy,
                 self.scrub_queue, dry_run=dry_run, stop_event=stop_event)
-            result.files = outcome.files
+            result.files.extend(outcome.files)
+            removed_bytes += outcome.bytes_removed
             # What could not be read held removals back: a per-file error.
             result.errors.extend(
                 {'path': doubt.source,
@@ -136,14 +178,125 @@ class CacheManager:
                     {b.name for b in evaluation.base_files}, stop_event)
         if not dry_run:
             drained = self.drain(stop_event=stop_event)
-            result.bytes_reclaimed = drained.bytes_reclaimed
+            result.bytes_reclaimed = drained.bytes_reclaimed + removed_bytes
             result.parked = drained.parked
             result.errors.extend(drained.errors)
-        self._warn_on_change(warnings)
+        after = self._scan_after()
+        if after is not None:
+            result.cache = status.cache_usage(after)
+        if evaluation is not None and evaluation.budget_outcome is not None:
+            result.budget = self._budget_report(
+                evaluation, result, dry_run)
+            warnings.update(self._budget_warnings(evaluation.budget_outcome))
         result.duration_s = time.monotonic() - started
+        result.finished_at = time.time()
         if not dry_run:
             self._write_report(result)
+            self._add_to_totals(result, removed_bytes)
+            warnings.update(self._write_metrics(result, after))
+        self._warn_on_change(warnings)
         return result
+
+    def _adopt_orphans(self):
+        try:
+            self.scrub_queue.adopt_orphans(time.time())
+        except (OSError, db.StateError) as e:
+            LOG.error('Cannot look for files in quarantine without a scrub '
+                      'queue entry: %s', e)
+
+    def _detect_comebacks(self, evaluation):
+        """Count and report removed files that came back; return how many."""
+        try:
+            comebacks = thrash.detect(
+                self.scrub_queue.state_db, evaluation.base_files,
+                time.time(), self.conf.image_cache.thrash_window_seconds)
+        except db.StateError as e:
+            LOG.error('Cannot look for removed files that came back: %s', e)
+            return 0
+        for comeback in comebacks:
+            # Each comeback is an event of its own, reported once.
+            LOG.warning('%s', comeback.warning())
+        return len(comebacks)
+
+    def _expedite(self, outcome):
+        """Make the queued files the budget needs deleted due now."""
+        if outcome is None or not outcome.expedited:
+            return
+        try:
+            self.scrub_queue.expedite(outcome.expedited, time.time())
+        except db.StateError as e:
+            LOG.error('Cannot make scrub queue entries due now: %s', e)
+
+    def _scan_after(self):
+        try:
+            return scan.scan(cache_dir(self.conf))
+        except OSError:
+            # The pass has reported the unreadable cache already.
+            return None
+
+    def _budget_report(self, evaluation, result, dry_run):
+        """The budget part of the pass report (see report.PassReport)."""
+        outcome = evaluation.budget_outcome
+        limits = outcome.limits
+        gone = {os.path.basename(f.path) for f in result.files
+                if f.verdict == facts.QUEUED}
+        evicted = [b for b in evaluation.base_files
+                   if b.name in outcome.evicted and b.name in gone]
+        before = outcome.filesystem
+        after = None if dry_run else self._filesystem()
+        cache_after = (result.cache['allocated_bytes'] if result.cache
+                       else outcome.cache_bytes)
+        within = (budget.excess(limits, cache_after, after) == (0, 0)
+                  and not dry_run)
+        return {
+            'max_cache_bytes': limits.max_cache_bytes,
+            'high_watermark_percent': limits.high_percent,
+            'low_watermark_percent': limits.low_percent,
+            'over_size': outcome.over_size,
+            'over_watermark': outcome.over_watermark,
+            'cache_bytes_before': outcome.cache_bytes,
+            'cache_bytes_after': cache_after,
+            'filesystem_percent_before': (
+                None if before is None else round(before.percent, 1)),
+            'filesystem_percent_after': (
+                None if after is None else round(after.percent, 1)),
+            'evicted_files': len(evicted),
+            'evicted_bytes': sum(b.allocated for b in evicted),
+            'expedited_entries': len(outcome.expedited),
+            'within': within,
+        }
+
+    def _budget_warnings(self, outcome):
+        """Warn once while the budget cannot be met."""
+        key = ('budget', cache_dir(self.conf))
+        message = outcome.shortfall_message()
+        if message is None:
+            return {}
+        # The numbers move from pass to pass; the condition is what counts.
+        return {key: self._warnings.get(key, message)}
+
+    def _add_to_totals(self, result, removed_bytes):
+        try:
+            totals.increase(self.scrub_queue.state_db,
+                            reclaimed_bytes=removed_bytes,
+                            errors=len(result.errors))
+        except db.StateError as e:
+            LOG.error('Cannot add the pass to the totals in the state '
+                      'database: %s', e)
+
+    def _write_metrics(self, result, base_files):
+        """Write the metrics file if configured; return warnings."""
+        path = self.conf.metrics_file
+        if not path or base_files is None:
+            return {}
+        try:
+            metrics.write(path, status.collect(
+                self.conf, self.scrub_queue, last_pass=result.to_dict(),
+                base_files=base_files))
+        except (OSError, db.StateError) as e:
+            return {('metrics', path): 'Cannot write the metrics file %s: %s'
+                                       % (path, e)}
+        return {}
 
     def drain(self, ignore_delay=False, stop_event=None):
         """Delete the quarantined files that are due; a DrainResult."""

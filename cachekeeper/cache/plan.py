@@ -29,6 +29,10 @@ _DURATION_UNITS = (('d', 86400), ('h', 3600), ('m', 60), ('s', 1))
 
 DELETED_IN_GLANCE = 'image deleted in Glance'
 
+# What nova (and cachekeeper-manage precache) write a download into, under
+# nova's lock for the file it becomes, before renaming it into place.
+DOWNLOAD_SUFFIXES = ('.part', '.converted')
+
 
 def image_cache_name(image_id):
     """Return the name nova gives the cached copy of image ``image_id``."""
@@ -54,7 +58,8 @@ def policy_from_conf(conf):
                                for image_id in opts.pinned_images
                                if image_id),
         deleted_image_min_age=(
-            opts.remove_deleted_image_minimum_age_seconds))
+            opts.remove_deleted_image_minimum_age_seconds),
+        residue_min_age=opts.residue_minimum_age_seconds)
 
 
 def format_duration(seconds):
@@ -90,6 +95,18 @@ def doubts_reason(doubts):
 
 def _with_more(text, more):
     return '%s (+%d more)' % (text, more) if more else text
+
+
+def download_target(name):
+    """Return the cache file name download residue ``name`` was to become.
+
+    None when ``name`` is not a download's (``<target>.part`` or
+    ``<target>.converted``): no lock is known to guard it.
+    """
+    for suffix in DOWNLOAD_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return None
 
 
 def _foreign_reason(base_file):
@@ -135,13 +152,14 @@ def decide(base_file, usage, policy, now, catalog=None):
     """Return the Decision for one cache file.
 
     The first rule that applies wins: foreign entries are ignored, download
-    residue is kept, referenced files are in use, pinned files (by
-    configuration or by Glance image property) are pinned; then, if
-    removal is enabled, files younger than their kind's minimum age (or
-    with an mtime in the future) are too young, files the inventory has
-    doubts about are kept, and the rest are removable. An original whose
-    image Glance no longer has (``catalog``, an ImageCatalog or None)
-    ages with the deleted images' minimum age instead of its kind's.
+    residue is decided by _residue_decision, referenced files are in use,
+    pinned files (by configuration or by Glance image property) are
+    pinned; then, if removal is enabled, files younger than their kind's
+    minimum age (or with an mtime in the future) are too young, files the
+    inventory has doubts about are kept, and the rest are removable. An
+    original whose image Glance no longer has (``catalog``, an ImageCatalog
+    or None) ages with the deleted images' minimum age instead of its
+    kind's.
     """
     name = base_file.name
     kind = base_file.kind
@@ -153,7 +171,7 @@ def decide(base_file, usage, policy, now, catalog=None):
     if kind == facts.FOREIGN:
         return decision(facts.IGNORED, _foreign_reason(base_file))
     if kind == facts.RESIDUE:
-        return decision(facts.KEPT, 'download residue; not removed')
+        return _residue_decision(base_file, usage, policy, age, decision)
     deleted = deleted_in_glance(base_file, catalog)
     references = tuple(usage.references_to(name))
     if references:
@@ -182,6 +200,42 @@ def decide(base_file, usage, policy, now, catalog=None):
         return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
     return decision(facts.REMOVABLE,
                     prefix + 'unused for %s (minimum %s)' % (
+                        format_duration(age), format_duration(min_age)),
+                    min_age=min_age)
+
+
+def _residue_decision(base_file, usage, policy, age, decision):
+    """Decide about download residue; ``decision`` makes the Decision.
+
+    Residue is removable once unmodified for the residue minimum age: a
+    download still running writes to it (and holds nova's lock, which
+    execute checks). Files that are not a download's are never removed,
+    and the rules that keep any other file keep residue too.
+    """
+    min_age = policy.residue_min_age
+    if min_age is None:
+        return decision(facts.KEPT, 'download residue; not removed')
+    if download_target(base_file.name) is None:
+        return decision(facts.KEPT, 'temporary file, not a download of nova '
+                                    'or cachekeeper; never removed')
+    references = tuple(usage.references_to(base_file.name))
+    if references:
+        return decision(facts.KEPT, 'download residue, but %s; not removed'
+                        % references_reason(references))
+    if not policy.remove_unused:
+        return decision(facts.KEPT, 'removal disabled by [image_cache] '
+                                    'remove_unused_base_images')
+    if age < min_age:
+        return decision(facts.KEPT, 'download residue written %s ago; '
+                                    'removed once unmodified for %s' % (
+                                        format_duration(max(age, 0)),
+                                        format_duration(min_age)),
+                        min_age=min_age)
+    doubts = usage.doubts_about(base_file.name)
+    if doubts:
+        return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
+    return decision(facts.REMOVABLE,
+                    'download residue unmodified for %s (minimum %s)' % (
                         format_duration(age), format_duration(min_age)),
                     min_age=min_age)
 

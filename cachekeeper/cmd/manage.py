@@ -30,6 +30,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 from cachekeeper.cache import facts
+from cachekeeper.cache import inventory
 from cachekeeper.cache import locks
 from cachekeeper.cache import manager
 from cachekeeper.cache import plan
@@ -37,6 +38,7 @@ from cachekeeper.cache import qemu_locks
 from cachekeeper import config
 from cachekeeper import demo
 from cachekeeper import glance
+from cachekeeper import status
 from cachekeeper.scrub import db
 from cachekeeper.scrub import ledger
 from cachekeeper.scrub import queue
@@ -91,7 +93,7 @@ def _with_scrub_queue(action, moves_files=False):
 
 
 class CacheCommands:
-    """Run a pass over the image cache, or explain one file."""
+    """Run a pass over the image cache, explain one file, or show status."""
 
     @args('--dry-run', action='store_true',
           help='Decide, but change nothing on disk: no touch, no removal, '
@@ -115,6 +117,36 @@ class CacheCommands:
                 print(line)
             print(result.summary_line())
         return result.exit_code
+
+    @args('--json', action='store_true', dest='as_json',
+          help='Print the status as one JSON object.')
+    def status(self, as_json=False):
+        """Show the cache's size and budget, the last pass and the queue."""
+        return _with_scrub_queue(
+            lambda scrub_queue: self._status(scrub_queue, as_json))
+
+    @staticmethod
+    def _status(scrub_queue, as_json):
+        try:
+            document = status.collect(CONF, scrub_queue)
+        except ValueError as e:
+            print('cachekeeper-manage: cannot read the last pass report: %s'
+                  % e, file=sys.stderr)
+            return 1
+        try:
+            orphans = status.orphans_document(
+                manager.CacheManager(CONF, scrub_queue).orphans())
+        except inventory.DomainsUnavailable as e:
+            orphans = status.orphans_document(error=str(e))
+        status.add_host_checks(
+            document,
+            status.nova_manager_interval(status.config_files(CONF)),
+            orphans)
+        if as_json:
+            print(json.dumps(document, indent=2, sort_keys=True))
+        else:
+            print('\n'.join(status.render(document)))
+        return 0
 
     @args('path', metavar='PATH',
           help='A file of the image cache: its path, or its name.')

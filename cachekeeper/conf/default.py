@@ -58,6 +58,14 @@ written.
 The oslo.service backend the daemon runs on. It is chosen once at start-up,
 before any service module is loaded, so a change needs a restart.
 """),
+    cfg.StrOpt('metrics_file',
+        mutable=True,
+        help="""
+After each pass, write Prometheus metrics in the text exposition format to
+this file (atomically: a temporary file renamed into place), for
+node_exporter's textfile collector, whose directory it should be in, with a
+``.prom`` suffix. Unset, no metrics are written.
+"""),
 ]
 
 

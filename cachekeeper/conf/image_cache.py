@@ -119,7 +119,14 @@ before anything is downloaded.
         mutable=True,
         help="""
 Upper bound for the space the image cache allocates on disk, in MiB. Above it,
-unused files are evicted, least recently used first. 0 means no bound.
+unused files are evicted, least recently used first, until the cache is within
+the bound again. 0 means no bound.
+
+A file's last use is the later of its modification time and the last pass
+that saw it in use. Evicted files skip their kind's minimum age (but not
+``eviction_minimum_age_seconds``) and the scrub queue's ``scrub_delay``: they
+are deleted in the pass that evicts them. Files in use and pinned files are
+never evicted.
 """),
     cfg.IntOpt('disk_high_watermark_percent',
         default=85,
@@ -127,9 +134,11 @@ unused files are evicted, least recently used first. 0 means no bound.
         max=100,
         mutable=True,
         help="""
-When the filesystem that holds the image cache is fuller than this percentage,
-unused files are evicted, least recently used first, until it is below
-``disk_low_watermark_percent``.
+When the filesystem that holds the image cache is fuller than this percentage
+(used space against used plus available, as df counts it), the scrub queue's
+waiting files are deleted and then unused files evicted, least recently used
+first, until it is down to ``disk_low_watermark_percent``. 100 turns the
+watermarks off.
 """),
     cfg.IntOpt('disk_low_watermark_percent',
         default=80,
@@ -147,6 +156,29 @@ Must be lower than ``disk_high_watermark_percent``.
         help="""
 Files unused for less than this many seconds are never evicted, whatever the
 cache size or disk usage.
+"""),
+    cfg.IntOpt('residue_minimum_age_seconds',
+        default=(24 * 3600),
+        min=3600,
+        mutable=True,
+        help="""
+Download residue (``<name>.part`` and ``<name>.converted``, which nova and
+``cachekeeper-manage precache`` write before renaming a download into place)
+unmodified for this many seconds is removed, under nova's lock for ``<name>``
+and never while another process holds that lock. Younger residue is kept: the
+download may still be running.
+"""),
+    cfg.IntOpt('thrash_window_seconds',
+        default=(24 * 3600),
+        min=0,
+        max=(30 * 24 * 3600),
+        mutable=True,
+        help="""
+A removed file that comes back (nova downloads or creates it again) within
+this many seconds of its removal counts as thrash and is reported with a
+warning: its minimum age is too short, or the cache's budget too small. 0
+turns the detection off. At most 30 days, as long as the scrub queue
+remembers removals.
 """),
     cfg.ListOpt('pinned_images',
         default=[],

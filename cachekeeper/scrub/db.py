@@ -68,6 +68,16 @@ MIGRATIONS = (
                first_seen_unused REAL,
                last_seen_in_use REAL)''',
     ),
+    (
+        # A scrub queue entry due at drain_at, whatever scrub_delay says
+        # (evicted over budget); returned_at: when its file came back.
+        'ALTER TABLE scrub_entry ADD COLUMN drain_at REAL',
+        'ALTER TABLE scrub_entry ADD COLUMN returned_at REAL',
+        # Running totals (see cachekeeper.scrub.totals).
+        '''CREATE TABLE counter (
+               name TEXT PRIMARY KEY,
+               value INTEGER NOT NULL)''',
+    ),
 )
 
 

@@ -67,3 +67,10 @@ def lookup(state_db, name):
         'SELECT name, first_seen_unused, last_seen_in_use FROM ledger '
         'WHERE name = ?', (name,))
     return LedgerEntry(**dict(rows[0])) if rows else None
+
+
+def last_uses(state_db):
+    """Return {name: when a pass last saw it in use} for every such file."""
+    rows = state_db.query('SELECT name, last_seen_in_use FROM ledger '
+                          'WHERE last_seen_in_use IS NOT NULL')
+    return {row['name']: row['last_seen_in_use'] for row in rows}

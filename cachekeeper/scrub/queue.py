@@ -65,6 +65,7 @@ from oslo_log import log as logging
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
 from cachekeeper.scrub import db
+from cachekeeper.scrub import totals
 
 LOG = logging.getLogger(__name__)
 
@@ -99,11 +100,11 @@ _QUARANTINE_NAME = re.compile(r'[0-9]+-(.+)', re.DOTALL)
 _COLUMNS = ('id', 'name', 'path', 'quarantine_path', 'kind', 'ino', 'size',
             'allocated', 'mtime_ns', 'reason', 'state', 'queued_at',
             'updated_at', 'attempts', 'next_attempt_at', 'last_error',
-            'bytes_reclaimed')
+            'bytes_reclaimed', 'drain_at', 'returned_at')
 _SELECT = 'SELECT %s FROM scrub_entry' % ', '.join(_COLUMNS)
 _INSERT = ('INSERT INTO scrub_entry (name, path, quarantine_path, kind, ino, '
-           'size, allocated, mtime_ns, reason, state, queued_at, updated_at) '
-           'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+           'size, allocated, mtime_ns, reason, state, queued_at, updated_at, '
+           'drain_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
 
 # Where reconcile finds an entry's file.
 _IN_QUARANTINE = 'quarantine'
@@ -139,6 +140,10 @@ class Entry:
     next_attempt_at: float = None
     last_error: str = None
     bytes_reclaimed: int = None
+    # Due at this time whatever scrub_delay says (None: after the delay).
+    drain_at: float = None
+    # When a file of the same name came back into the cache.
+    returned_at: float = None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -311,12 +316,13 @@ class ScrubQueue:
             'SELECT state, COUNT(*) AS count FROM scrub_entry GROUP BY state')
         return {row['state']: row['count'] for row in rows}
 
-    def quarantine(self, base_file, reason, now):
+    def quarantine(self, base_file, reason, now, drain_at=None):
         """Move cache file ``base_file`` into quarantine; return its Entry.
 
         The caller holds nova's lock for the file and has checked that it
-        may go. Raises ScrubError, with the file left in the cache, when
-        the file changed since the scan or cannot be moved, and
+        may go. ``drain_at`` makes the entry due then rather than after
+        scrub_delay. Raises ScrubError, with the file left in the cache,
+        when the file changed since the scan or cannot be moved, and
         TouchedMeanwhile when its mtime is no longer the scan's.
         """
         if os.path.join(self.cache_dir, base_file.name) != base_file.path:
@@ -334,7 +340,7 @@ class ScrubQueue:
             entry_id = connection.execute(_INSERT, (
                 base_file.name, base_file.path, '', base_file.kind,
                 st.st_ino, st.st_size, st.st_blocks * 512, st.st_mtime_ns,
-                reason, QUARANTINING, now, now)).lastrowid
+                reason, QUARANTINING, now, now, drain_at)).lastrowid
             quarantine_path = os.path.join(
                 self.host_dir, '%d-%s' % (entry_id, base_file.name))
             connection.execute(
@@ -383,12 +389,12 @@ class ScrubQueue:
               stop_event=None):
         """Delete the quarantined files that are due; return a DrainResult.
 
-        Due are queued entries at least ``scrub_delay`` seconds old whose
-        retry backoff is over; ``ignore_delay`` makes every queued entry
-        due. After ``max_attempts`` failed deletions an entry is parked.
-        ``stop_event`` (a threading.Event) ends the drain between two
-        files. Concurrent drains (other threads or processes) wait for
-        each other.
+        Due are queued entries at least ``scrub_delay`` seconds old (or
+        past their drain_at) whose retry backoff is over; ``ignore_delay``
+        makes every queued entry due. After ``max_attempts`` failed
+        deletions an entry is parked. ``stop_event`` (a threading.Event)
+        ends the drain between two files. Concurrent drains (other threads
+        or processes) wait for each other.
         """
         result = DrainResult()
         with self._drain_lock():
@@ -415,7 +421,7 @@ class ScrubQueue:
     def _due_entries(self, now, scrub_delay, ignore_delay, after_id):
         rows = self.state_db.query(
             _SELECT + ' WHERE state = ? AND id > ? AND (? OR ('
-            'queued_at + ? <= ? AND '
+            'COALESCE(drain_at, queued_at + ?) <= ? AND '
             '(next_attempt_at IS NULL OR next_attempt_at <= ?))) '
             'ORDER BY id LIMIT ?',
             (QUEUED, after_id, ignore_delay, scrub_delay, now, now,
@@ -504,11 +510,39 @@ class ScrubQueue:
                     'scrub restore', entry.id, entry.path, message)
 
     def _forget_old_entries(self, now):
+        cutoff = now - HISTORY_RETENTION
         with self.state_db.transaction() as connection:
+            forgotten = connection.execute(
+                'SELECT COALESCE(SUM(bytes_reclaimed), 0) FROM scrub_entry '
+                'WHERE state = ? AND updated_at < ?',
+                (DRAINED, cutoff)).fetchone()[0]
+            totals.add(connection, totals.RECLAIMED_BYTES, forgotten)
             connection.execute(
                 'DELETE FROM scrub_entry WHERE state IN (?, ?, ?) '
-                'AND updated_at < ?',
-                FINAL_STATES + (now - HISTORY_RETENTION,))
+                'AND updated_at < ?', FINAL_STATES + (cutoff,))
+
+    def expedite(self, entry_ids, now):
+        """Make queued entries due now; return how many were made due."""
+        with self.state_db.transaction() as connection:
+            return sum(connection.execute(
+                'UPDATE scrub_entry SET drain_at = ?, updated_at = ? '
+                'WHERE id = ? AND state = ? '
+                'AND (drain_at IS NULL OR drain_at > ?)',
+                (now, now, entry_id, QUEUED, now)).rowcount
+                for entry_id in entry_ids)
+
+    def totals(self):
+        """Return the running totals (scrub.totals.NAMES).
+
+        The reclaimed bytes include those of the drained entries the queue
+        still keeps.
+        """
+        result = totals.read(self.state_db)
+        rows = self.state_db.query(
+            'SELECT COALESCE(SUM(bytes_reclaimed), 0) AS reclaimed '
+            'FROM scrub_entry WHERE state = ?', (DRAINED,))
+        result[totals.RECLAIMED_BYTES] += rows[0]['reclaimed']
+        return result
 
     def restore(self, entry_id, now):
         """Move a quarantined file back into the cache; return its Entry.
@@ -703,6 +737,17 @@ class ScrubQueue:
                 return _IN_CACHE
         return None
 
+    def adopt_orphans(self, now):
+        """Queue the files in quarantine that have no entry.
+
+        What reconcile does for them at start-up, for a process that runs
+        on: returns how many were adopted.
+        """
+        result = ReconcileResult()
+        with self._drain_lock():
+            self._adopt_orphans(now, result)
+        return result.adopted
+
     def _adopt_orphans(self, now, result):
         # List first, read the entries second: a file renamed into
         # quarantine meanwhile had its entry committed before the rename.
@@ -743,7 +788,7 @@ class ScrubQueue:
                 scan.classify(name, st.st_mode), st.st_ino, st.st_size,
                 st.st_blocks * 512, st.st_mtime_ns,
                 'adopted: found in quarantine without a queue entry',
-                QUEUED, now, now)).lastrowid
+                QUEUED, now, now, None)).lastrowid
         LOG.warning('Adopted %s into the scrub queue as entry %d: it was in '
                     'quarantine without an entry', quarantine_path, entry_id)
 

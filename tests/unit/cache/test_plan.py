@@ -510,7 +510,7 @@ class PolicyFromConfTestCase(unittest.TestCase):
             facts.Policy(remove_unused=True, original_min_age=DAY,
                          resized_min_age=HOUR, swap_min_age=DAY,
                          ephemeral_min_age=DAY, pinned_names=frozenset(),
-                         deleted_image_min_age=HOUR),
+                         deleted_image_min_age=HOUR, residue_min_age=DAY),
             plan.policy_from_conf(self.conf))
 
     def test_deleted_image_age(self):
@@ -545,3 +545,69 @@ class PolicyFromConfTestCase(unittest.TestCase):
             frozenset(['a9993e364706816aba3e25717850c26c9cd0d89d',
                        plan.image_cache_name('image-2')]),
             plan.policy_from_conf(self.conf).pinned_names)
+
+class ResidueTestCase(unittest.TestCase):
+
+    RULES = policy(residue_min_age=DAY)
+
+    def decide(self, name, age, found=None, rules=None):
+        return plan.decide(base_file(name, facts.RESIDUE, age=age),
+                           found or usage(), rules or self.RULES, NOW)
+
+    def test_download_target(self):
+        self.assertEqual(IMAGE, plan.download_target(IMAGE + '.part'))
+        self.assertEqual(IMAGE, plan.download_target(IMAGE + '.converted'))
+        self.assertEqual(IMAGE + '.part',
+                         plan.download_target(IMAGE + '.part.part'))
+        for name in ('.part', IMAGE + '.tmp', IMAGE, 'disk.info.tmp'):
+            with self.subTest(name=name):
+                self.assertIsNone(plan.download_target(name))
+
+    def test_stale_download_residue_is_removable(self):
+        for suffix in plan.DOWNLOAD_SUFFIXES:
+            with self.subTest(suffix=suffix):
+                decision = self.decide(IMAGE + suffix, 2 * DAY)
+                self.assertEqual(
+                    (facts.REMOVABLE, 'download residue unmodified for 2d '
+                                      '(minimum 1d)', DAY),
+                    (decision.verdict, decision.reason, decision.min_age))
+
+    def test_young_residue_is_kept(self):
+        for age, written in ((DAY - 1, '23h 59m'), (-HOUR, '0s')):
+            with self.subTest(age=age):
+                decision = self.decide(IMAGE + '.part', age)
+                self.assertEqual(
+                    (facts.KEPT, 'download residue written %s ago; removed '
+                                 'once unmodified for 1d' % written),
+                    (decision.verdict, decision.reason))
+
+    def test_residue_at_its_minimum_age_is_removable(self):
+        self.assertEqual(facts.REMOVABLE,
+                         self.decide(IMAGE + '.part', DAY).verdict)
+
+    def test_temporary_files_of_others_are_never_removed(self):
+        decision = self.decide(IMAGE + '.tmp', 100 * DAY)
+        self.assertEqual(
+            (facts.KEPT, 'temporary file, not a download of nova or '
+                         'cachekeeper; never removed'),
+            (decision.verdict, decision.reason))
+
+    def test_the_rules_that_keep_cache_files_keep_residue(self):
+        name = IMAGE + '.part'
+        cases = [
+            ('referenced', usage(references=[reference(name, reason='odd')]),
+             self.RULES, 'download residue, but odd; not removed'),
+            ('doubt', usage(doubts=[facts.Doubt('/x', 'gone')]), self.RULES,
+             'not removed: /x could not be read: gone'),
+            ('removal disabled', usage(),
+             policy(residue_min_age=DAY, remove_unused=False),
+             'removal disabled by [image_cache] remove_unused_base_images'),
+        ]
+        for label, found, rules, reason in cases:
+            with self.subTest(label):
+                decision = self.decide(name, 100 * DAY, found, rules)
+                self.assertEqual((facts.KEPT, reason),
+                                 (decision.verdict, decision.reason))
+
+    def test_residue_min_age_is_its_kinds_min_age(self):
+        self.assertEqual(DAY, self.RULES.min_age(facts.RESIDUE))

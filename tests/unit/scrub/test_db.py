@@ -121,6 +121,7 @@ class OpenStateTestCase(fixtures.TestWithFixtures, unittest.TestCase):
 
     def test_failed_migration_changes_nothing(self):
         self.open_state().close()
+        version = db.schema_version()
         self.useFixture(fixtures.MonkeyPatch(
             'cachekeeper.scrub.db.MIGRATIONS', db.MIGRATIONS + (
                 ('ALTER TABLE ledger ADD COLUMN note TEXT',
@@ -129,7 +130,7 @@ class OpenStateTestCase(fixtures.TestWithFixtures, unittest.TestCase):
             db.open_state(self.state_path)
         connection = sqlite3.connect(self.db_path)
         self.addCleanup(connection.close)
-        self.assertEqual(1, connection.execute(
+        self.assertEqual(version, connection.execute(
             'PRAGMA user_version').fetchone()[0])
         columns = [row[1] for row in connection.execute(
             'PRAGMA table_info(ledger)')]

@@ -1,0 +1,459 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The state of the image cache, for ``cache status`` and the metrics.
+
+collect() reads it from the disk (a fresh scan of the cache, statvfs of its
+filesystem), the last pass report and the state database. Both
+``cachekeeper-manage cache status --json`` and the metrics file are made
+from its document, so they cannot disagree. Its keys are a stable
+contract: new keys may be added, none renamed or removed.
+"""
+
+import configparser
+import datetime
+import glob
+import os
+import time
+
+from oslo_utils import units
+
+from cachekeeper.cache import budget
+from cachekeeper.cache import facts
+from cachekeeper.cache import plan
+from cachekeeper.cache import scan
+from cachekeeper import report
+from cachekeeper.scrub import queue
+from cachekeeper.scrub import totals
+
+# nova's [image_cache] manager_interval when nova.conf does not set it.
+NOVA_DEFAULT_MANAGER_INTERVAL = 2400
+# A last pass older than this many intervals means passes stopped.
+OVERDUE_INTERVALS = 2
+
+
+def cache_usage(base_files):
+    """Count the files and bytes of a scan of the cache, in all and by kind.
+
+    Bytes are those of regular files: apparent (st_size) and allocated
+    (st_blocks); other entries are counted as files only.
+    """
+    usage = _bytes_of(base_files)
+    usage['kinds'] = {}
+    for kind in facts.KINDS:
+        of_kind = [b for b in base_files if b.kind == kind]
+        if of_kind:
+            usage['kinds'][kind] = _bytes_of(of_kind)
+    return usage
+
+
+def _bytes_of(base_files):
+    regular = [b for b in base_files if b.is_regular]
+    return {'files': len(base_files),
+            'apparent_bytes': sum(b.size for b in regular),
+            'allocated_bytes': sum(b.allocated for b in regular)}
+
+
+def filesystem_of(directory):
+    """Return the budget.Filesystem holding ``directory``, or None."""
+    try:
+        return budget.Filesystem.from_statvfs(os.statvfs(directory))
+    except OSError:
+        return None
+
+
+def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
+    """Return the status document (a dict of plain values).
+
+    ``last_pass`` is a pass report as a dict (read from state_path when
+    None); ``base_files`` a scan of the cache just made (scanned when
+    None). Raises OSError when the cache cannot be listed, ValueError when
+    the report is unreadable and db.StateError when the state database is.
+    """
+    now = time.time() if now is None else now
+    cache_dir = scrub_queue.cache_dir
+    if base_files is None:
+        base_files = scan.scan(cache_dir)
+    if last_pass is None:
+        last_pass = report.read(conf.state_path)
+    limits = budget.Limits.from_conf(conf)
+    cache = dict(cache_usage(base_files), path=cache_dir,
+                 max_bytes=limits.max_cache_bytes)
+    # A cache nova has not made yet will be made there.
+    filesystem = filesystem_of(cache_dir if os.path.isdir(cache_dir)
+                               else conf.instances_path)
+    counts = scrub_queue.counts()
+    waiting = scrub_queue.entries((queue.QUEUED, queue.PARKED))
+    running = scrub_queue.totals()
+    document = {
+        'cache': cache,
+        'filesystem': _filesystem(filesystem, limits, cache_dir),
+        'last_pass': _last_pass(last_pass),
+        'queue': {
+            'entries': {state: counts.get(state, 0)
+                        for state in queue.ACTIVE_STATES
+                        + queue.FINAL_STATES},
+            'quarantined_bytes': sum(e.allocated for e in waiting),
+            'parked': [{'id': e.id, 'path': e.path,
+                        'last_error': e.last_error}
+                       for e in waiting if e.state == queue.PARKED],
+        },
+        'totals': {
+            'reclaimed_bytes': running[totals.RECLAIMED_BYTES],
+            'errors': running[totals.ERRORS],
+            'comebacks': running[totals.COMEBACKS],
+        },
+        'thrash_window_seconds': conf.image_cache.thrash_window_seconds,
+    }
+    document['warnings'] = _warnings(document, limits, filesystem, conf,
+                                     now)
+    return document
+
+
+def _filesystem(filesystem, limits, path):
+    if filesystem is None:
+        return None
+    return {
+        'path': path,
+        'size_bytes': filesystem.size,
+        'used_bytes': filesystem.used,
+        'available_bytes': filesystem.available,
+        'used_percent': round(filesystem.percent, 1),
+        'high_watermark_percent': limits.high_percent,
+        'low_watermark_percent': limits.low_percent,
+        'over_high_watermark': budget.excess(limits, 0, filesystem)[1] > 0,
+    }
+
+
+def _last_pass(document):
+    """Summarise a pass report: files and bytes by kind and verdict."""
+    if document is None:
+        return None
+    files = {}
+    kinds = {}
+    verdicts = {}
+    for entry in document['files']:
+        for table, key in ((files.setdefault(entry['kind'], {}),
+                            entry['verdict']),
+                           (kinds, entry['kind']),
+                           (verdicts, entry['verdict'])):
+            counted = table.setdefault(key, {'files': 0, 'bytes': 0})
+            counted['files'] += 1
+            counted['bytes'] += entry['size']
+    return {
+        'started_at': document.get('started_at'),
+        'finished_at': document.get('finished_at'),
+        'duration_s': document.get('duration_s'),
+        'result': document.get('result'),
+        'errors': len(document.get('errors', ())),
+        'bytes_queued': document.get('bytes_queued'),
+        'bytes_reclaimed': document.get('bytes_reclaimed'),
+        'comebacks': document.get('comebacks', 0),
+        'budget': document.get('budget'),
+        'files': files,
+        'kinds': kinds,
+        'verdicts': verdicts,
+    }
+
+
+def _warnings(document, limits, filesystem, conf, now):
+    warnings = []
+    cache = document['cache']
+    if limits.max_cache_bytes and cache['allocated_bytes'] > (
+            limits.max_cache_bytes):
+        warnings.append('the image cache allocates %s, more than its '
+                        '[image_cache] max_cache_size_mb of %s' % (
+                            size_text(cache['allocated_bytes']),
+                            size_text(limits.max_cache_bytes)))
+    if document['filesystem'] and document['filesystem'][
+            'over_high_watermark']:
+        warnings.append('the filesystem of the image cache is %.1f%% full, '
+                        'over its high watermark of %d%%' % (
+                            filesystem.percent, limits.high_percent))
+    parked = document['queue']['entries'][queue.PARKED]
+    if parked:
+        warnings.append('%d scrub queue entries are parked: see '
+                        'cachekeeper-manage scrub list' % parked)
+    last_pass = document['last_pass']
+    interval = conf.image_cache.manager_interval
+    if last_pass is None:
+        warnings.append('no pass has written a report into %s yet'
+                        % conf.state_path)
+        return warnings
+    if last_pass['errors']:
+        warnings.append('the last pass had %d errors: see %s' % (
+            last_pass['errors'],
+            os.path.join(conf.state_path, report.REPORT_FILE)))
+    if last_pass['comebacks']:
+        warnings.append('%d files removed by passes came back within '
+                        '[image_cache] thrash_window_seconds in the last '
+                        'pass: see the log' % last_pass['comebacks'])
+    finished = last_pass['finished_at']
+    if (finished is not None and interval > 0
+            and now - finished > OVERDUE_INTERVALS * interval):
+        warnings.append('the last pass finished %s ago, more than %d '
+                        'intervals of %s: is the daemon running?' % (
+                            plan.format_duration(now - finished),
+                            OVERDUE_INTERVALS,
+                            plan.format_duration(interval)))
+    return warnings
+
+
+def size_text(nbytes):
+    if nbytes >= units.Gi:
+        return '%.1f GiB' % (nbytes / units.Gi)
+    return '%.1f MiB' % (nbytes / units.Mi)
+
+
+def nova_manager_interval(config_files):
+    """Find nova's own ``[image_cache] manager_interval``.
+
+    nova's option has the same group and name as cachekeeper's, so when
+    nova.conf is passed before cachekeeper.conf, oslo.config gives
+    cachekeeper's value. Each file given that looks like nova's (named
+    ``nova*.conf``, or setting ``[DEFAULT] compute_driver``) is read on its
+    own; the last one that sets the option wins, as in nova. Returns None
+    when no file looks like nova's, else a dict: the nova config files,
+    the interval (nova's default when none sets it), the file it comes
+    from (None for the default) and ``error`` for a file that cannot be
+    read or a value that is not a number.
+    """
+    found = None
+    for path in config_files:
+        parser = configparser.ConfigParser(interpolation=None, strict=False,
+                                           allow_no_value=True)
+        try:
+            with open(path) as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error) as e:
+            if _named_like_nova(path):
+                found = found or _nova_document()
+                found['config_files'].append(path)
+                found['error'] = 'cannot read %s: %s' % (path, e)
+            continue
+        if not (_named_like_nova(path)
+                or parser.has_option('DEFAULT', 'compute_driver')):
+            continue
+        found = found or _nova_document()
+        found['config_files'].append(path)
+        value = _interval_setting(parser)
+        if value is None:
+            continue
+        try:
+            found['manager_interval'] = int(value)
+        except ValueError:
+            found['error'] = ('%s: [image_cache] manager_interval is not a '
+                              'number: %r' % (path, value))
+            continue
+        found['source'] = path
+    return found
+
+
+def config_files(conf):
+    """The config files oslo.config read, in order (directories sorted)."""
+    files = list(conf.config_file or ())
+    for directory in conf.config_dir or ():
+        files.extend(sorted(glob.glob(os.path.join(directory, '*.conf'))))
+    return files
+
+
+def _nova_document():
+    return {'config_files': [], 'manager_interval':
+            NOVA_DEFAULT_MANAGER_INTERVAL, 'source': None, 'error': None}
+
+
+def _named_like_nova(path):
+    name = os.path.basename(path)
+    return name.startswith('nova') and name.endswith('.conf')
+
+
+def _interval_setting(parser):
+    if parser.has_option('image_cache', 'manager_interval'):
+        return parser.get('image_cache', 'manager_interval')
+    # nova's deprecated name for it.
+    if parser.has_option('DEFAULT', 'image_cache_manager_interval'):
+        return parser.get('DEFAULT', 'image_cache_manager_interval')
+    return None
+
+
+def orphans_document(found=None, error=None):
+    """The orphans part of the document from a domains.Orphans or an error.
+
+    None (libvirt_uri not set) when there is neither.
+    """
+    if found is None and error is None:
+        return None
+    return {
+        'error': error,
+        'directories': list(found.directories) if found else [],
+        'missing_disks': [{'domain': d.domain, 'role': d.role,
+                           'path': d.path}
+                          for d in (found.missing_disks if found else ())],
+    }
+
+
+def add_host_checks(document, nova, orphans):
+    """Add nova's manager_interval and the orphans, with their warnings.
+
+    ``nova`` comes from nova_manager_interval, ``orphans`` from
+    orphans_document.
+    """
+    document['nova'] = nova
+    document['orphans'] = orphans
+    warnings = document['warnings']
+    warning = nova_warning(nova)
+    if warning:
+        warnings.append(warning)
+    if nova is not None and nova['error']:
+        warnings.append(nova['error'])
+    if orphans is None:
+        return document
+    if orphans['error']:
+        warnings.append('cannot ask libvirt for its domains: %s'
+                        % orphans['error'])
+    if orphans['directories']:
+        warnings.append('instance directories no defined domain uses: %s'
+                        % ', '.join(orphans['directories']))
+    for disk in orphans['missing_disks']:
+        warnings.append('libvirt domain %s: its %s %s does not exist'
+                        % (disk['domain'], disk['role'], disk['path']))
+    return document
+
+
+def nova_warning(nova):
+    """The warning about nova's image cache manager, or None."""
+    if nova is None or nova['error'] or nova['manager_interval'] == -1:
+        return None
+    where = nova['source'] or "nova's default; %s does not set it" % (
+        ', '.join(nova['config_files']))
+    return ("nova's own image cache manager also runs, every %d s (%s): set "
+            "[image_cache] manager_interval = -1 in nova.conf so that only "
+            "cachekeeper ages the cache" % (nova['manager_interval'], where))
+
+
+def render(document):
+    """The status document as compact lines for a terminal."""
+    cache = document['cache']
+    bound = ('max %s' % size_text(cache['max_bytes']) if cache['max_bytes']
+             else 'no size bound')
+    lines = [_row('Image cache', '%s: %d files, %s apparent, %s allocated '
+                  '(%s)' % (cache['path'], cache['files'],
+                            size_text(cache['apparent_bytes']),
+                            size_text(cache['allocated_bytes']), bound))]
+    filesystem = document['filesystem']
+    if filesystem is None:
+        lines.append(_row('Filesystem', 'unknown (statvfs failed)'))
+    else:
+        lines.append(_row('Filesystem', '%.1f%% used, %s of %s (high '
+                          'watermark %d%%, low %d%%)' % (
+                              filesystem['used_percent'],
+                              size_text(filesystem['used_bytes']),
+                              size_text(filesystem['size_bytes']),
+                              filesystem['high_watermark_percent'],
+                              filesystem['low_watermark_percent'])))
+    lines.extend(_last_pass_lines(document['last_pass']))
+    entries = document['queue']['entries']
+    lines.append(_row('Scrub queue', '%d queued, %d parked (%s in '
+                      'quarantine); %d drained, %d restored' % (
+                          entries[queue.QUEUED], entries[queue.PARKED],
+                          size_text(document['queue']['quarantined_bytes']),
+                          entries[queue.DRAINED], entries[queue.RESTORED])))
+    running = document['totals']
+    lines.append(_row('Totals', '%s reclaimed, %d errors, %d files came '
+                      'back within %s of their removal' % (
+                          size_text(running['reclaimed_bytes']),
+                          running['errors'], running['comebacks'],
+                          plan.format_duration(
+                              document['thrash_window_seconds']))))
+    if 'nova' in document:
+        lines.append(_row('nova.conf', _nova_text(document['nova'])))
+    if 'orphans' in document:
+        lines.append(_row('Orphans', _orphans_text(document['orphans'])))
+    if document['last_pass'] is not None:
+        lines.append('')
+        lines.extend(_files_table(document['last_pass']))
+    if document['warnings']:
+        lines.append('')
+        lines.append('Warnings:')
+        lines.extend('  - %s' % warning for warning in document['warnings'])
+    return lines
+
+
+def _row(title, text):
+    return '%-13s%s' % (title, text)
+
+
+def _last_pass_lines(last_pass):
+    if last_pass is None:
+        return [_row('Last pass', 'none yet')]
+    started = last_pass['started_at']
+    when = ('at an unknown time' if started is None
+            else datetime.datetime.fromtimestamp(
+                started, datetime.timezone.utc).isoformat(timespec='seconds'))
+    lines = [_row('Last pass', '%s, %.2f s, %s' % (
+        when, last_pass['duration_s'] or 0, last_pass['result'] or 'done'))]
+    lines.append(_row('', '%s queued for removal, %s reclaimed, %d errors, '
+                      '%d came back' % (
+                          size_text(last_pass['bytes_queued'] or 0),
+                          size_text(last_pass['bytes_reclaimed'] or 0),
+                          last_pass['errors'], last_pass['comebacks'])))
+    budget_report = last_pass['budget']
+    if budget_report and (budget_report['over_size']
+                          or budget_report['over_watermark']):
+        lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
+            budget_report['evicted_files'],
+            size_text(budget_report['evicted_bytes']),
+            'within budget after it' if budget_report['within']
+            else 'still over budget after it')))
+    return lines
+
+
+def _files_table(last_pass):
+    verdicts = [v for v in facts.VERDICTS if v in last_pass['verdicts']]
+    rows = [['KIND', 'FILES', 'SIZE'] + verdicts]
+    for kind in facts.KINDS:
+        counted = last_pass['kinds'].get(kind)
+        if counted is None:
+            continue
+        by_verdict = last_pass['files'][kind]
+        rows.append([kind, str(counted['files']), size_text(counted['bytes'])]
+                    + [str(by_verdict.get(v, {}).get('files', 0))
+                       for v in verdicts])
+    widths = [max(len(row[column]) for row in rows)
+              for column in range(len(rows[0]))]
+    return ['  '.join(cell.rjust(width) if column else cell.ljust(width)
+                      for column, (cell, width)
+                      in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+def _nova_text(nova):
+    if nova is None:
+        return ('not given: pass nova.conf with --config-file to check '
+                "nova's manager_interval")
+    if nova['error']:
+        return nova['error']
+    where = nova['source'] or "nova's default"
+    state = ('disabled' if nova['manager_interval'] == -1
+             else "nova's image cache manager runs too")
+    return 'manager_interval = %d (%s): %s' % (nova['manager_interval'],
+                                               where, state)
+
+
+def _orphans_text(orphans):
+    if orphans is None:
+        return 'not checked: [inventory] libvirt_uri is not set'
+    if orphans['error']:
+        return 'cannot ask libvirt: %s' % orphans['error']
+    return ('%d instance directories without a domain, %d disks of '
+            'domains missing' % (len(orphans['directories']),
+                                 len(orphans['missing_disks'])))
