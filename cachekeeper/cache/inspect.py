@@ -27,6 +27,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 
 from oslo_concurrency import processutils
@@ -99,6 +100,11 @@ def has_backing(fmt):
     return fmt not in FORMATS_WITHOUT_BACKING
 
 
+def _read_output(output):
+    output.seek(0)
+    return os.fsdecode(output.read(MAX_OUTPUT_BYTES + 1))
+
+
 def _one_line(text, limit=200):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[-1] if lines else ''
@@ -138,10 +144,14 @@ class Inspector:
                        '--'] + command
         return command
 
-    def _prepare_child(self):
+    def _prepare_child(self, out, err):
         # Runs in the child between fork and exec. A session of its own lets
         # a timeout kill qemu-img together with anything it started.
         os.setsid()
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (MAX_OUTPUT_BYTES + 1, MAX_OUTPUT_BYTES + 1))
         if not self._prlimit:
             resource.setrlimit(resource.RLIMIT_AS,
                                (self.address_space_limit,
@@ -151,6 +161,15 @@ class Inspector:
 
     def _run(self, path, fmt):
         """Run qemu-img info and return its standard output."""
+        # What qemu-img prints goes to files it cannot make larger than the
+        # limit (it dies of SIGXFSZ first): through pipes, all of it would
+        # pile up in this process's memory until the timeout.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            self._execute(path, fmt, out, err)
+            return _read_output(out)
+
+    def _execute(self, path, fmt, out, err):
+        """Run qemu-img info, printing into the files ``out`` and ``err``."""
         spawned = []
 
         def on_execute(process):
@@ -160,20 +179,24 @@ class Inspector:
 
         env = dict(os.environ, LC_ALL='C', LANG='C')
         try:
-            out, _err = processutils.execute(
+            processutils.execute(
                 *self._command(path, fmt),
                 env_variables=env,
-                preexec_fn=self._prepare_child,
+                preexec_fn=lambda: self._prepare_child(out, err),
                 on_execute=on_execute,
                 timeout=self.timeout)
         except processutils.ProcessExecutionError as e:
-            if e.exit_code is not None and e.exit_code < 0:
+            if any(os.fstat(f.fileno()).st_size > MAX_OUTPUT_BYTES
+                   for f in (out, err)):
+                reason = 'qemu-img info printed more than %d bytes' % (
+                    MAX_OUTPUT_BYTES)
+            elif e.exit_code is not None and e.exit_code < 0:
                 reason = 'qemu-img info was killed by signal %d' % (
                     -e.exit_code)
             else:
                 reason = 'qemu-img info failed with exit code %s' % (
                     e.exit_code)
-            detail = _one_line(e.stderr or '')
+            detail = _one_line(_read_output(err))
             raise InspectError(
                 path, '%s: %s' % (reason, detail) if detail else reason)
         except OSError as e:
@@ -193,22 +216,22 @@ class Inspector:
             # Whatever happened, qemu-img must not outlive this call.
             for process in spawned:
                 self._reap(path, process)
-        return out
 
     @staticmethod
     def _reap(path, process):
         """Kill and reap ``process`` unless it was reaped; True if it was not.
 
-        The whole process group is killed: a child qemu-img left behind
-        holding the output pipe would otherwise outlive the call.
+        The whole process group is killed, even once ``process`` was
+        reaped: nothing qemu-img left behind may outlive the call.
         """
         unfinished = process.returncode is None
+        # A group's id is not handed out again while a member lives (and
+        # pids are handed out in turn), so it still names qemu-img's group.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if unfinished:
-            # Not reaped yet, so its pid still names its process group.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             try:
                 process.wait(timeout=_REAP_TIMEOUT)
             except Exception:

@@ -61,6 +61,10 @@ MAX_METADATA_BYTES = units.Mi
 # this "racily clean"), so a directory changed this recently is re-read.
 RACY_SECONDS = 2
 
+# Reads of the instance directories before a pass gives up on them standing
+# still long enough to be read.
+MAX_READS = 5
+
 # What stat raises for a path that is not there (or is a dangling or
 # looping symlink): it holds no disk and uses nothing.
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
@@ -781,6 +785,48 @@ class Inventory:
         return doubts
 
     def _refresh(self, cache_names):
+        """Read what changed until the instance directories stand still.
+
+        A directory renamed while it is read hides its disks from that
+        read (nova renames <uuid> to <uuid>_resize, back again on a revert,
+        and to <uuid>_del), so instances_path is listed before and after
+        each read, and what changed meanwhile is read again. If it never
+        stands still, nothing may be removed.
+        """
+        for _attempt in range(MAX_READS):
+            listing = self._listing()
+            self._read_changed(cache_names)
+            if self._listing() == listing:
+                return
+        self._doubts.append(facts.Doubt(
+            source=self.instances_path,
+            message='instance directories kept changing while they were '
+                    'read'))
+
+    def _listing(self):
+        """Inode and change time of each entry of instances_path by name.
+
+        The change time moves when an entry is renamed, even back to its
+        old name. The directories a pass does not read are left out: they
+        change all the time. None when instances_path cannot be listed.
+        """
+        excluded = self._excluded_identities()
+        listing = {}
+        try:
+            with os.scandir(self.instances_path) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        listing[entry.name] = None
+                        continue
+                    if (st.st_dev, st.st_ino) not in excluded:
+                        listing[entry.name] = (st.st_ino, st.st_ctime_ns)
+        except OSError:
+            return None
+        return listing
+
+    def _read_changed(self, cache_names):
         self._doubts = []
         current = {}
         changed = []

@@ -37,19 +37,26 @@ def write_config(path, **sections):
 
 
 class Daemon:
-    """One cachekeeper process with its log file and systemd socket."""
+    """One cachekeeper process with its log file and systemd socket.
 
-    def __init__(self, workdir, config_file):
+    ``wrapper`` is a command that runs the command line appended to it
+    (it must exec it, so that the process is the daemon); ``env`` replaces
+    this process's environment.
+    """
+
+    def __init__(self, workdir, config_file, wrapper=(), env=None):
         self.log_path = os.path.join(workdir, 'daemon.log')
         self.notify_path = os.path.join(workdir, 'notify.sock')
         self.notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_socket.bind(self.notify_path)
         self.notify_socket.setblocking(False)
         self.notifications = []
-        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        env = dict(os.environ if env is None else env,
+                   NOTIFY_SOCKET=self.notify_path)
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
-                [console_script('cachekeeper'), '--config-file', config_file],
+                list(wrapper) + [console_script('cachekeeper'),
+                                 '--config-file', config_file],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
 
