@@ -25,8 +25,6 @@ import glob
 import os
 import time
 
-from oslo_utils import units
-
 from cachekeeper.cache import budget
 from cachekeeper.cache import facts
 from cachekeeper.cache import plan
@@ -172,8 +170,8 @@ def _warnings(document, limits, filesystem, conf, now):
             limits.max_cache_bytes):
         warnings.append('the image cache allocates %s, more than its '
                         '[image_cache] max_cache_size_mb of %s' % (
-                            size_text(cache['allocated_bytes']),
-                            size_text(limits.max_cache_bytes)))
+                            budget.size_text(cache['allocated_bytes']),
+                            budget.size_text(limits.max_cache_bytes)))
     if document['filesystem'] and document['filesystem'][
             'over_high_watermark']:
         warnings.append('the filesystem of the image cache is %.1f%% full, '
@@ -206,12 +204,6 @@ def _warnings(document, limits, filesystem, conf, now):
                             OVERDUE_INTERVALS,
                             plan.format_duration(interval)))
     return warnings
-
-
-def size_text(nbytes):
-    if nbytes >= units.Gi:
-        return '%.1f GiB' % (nbytes / units.Gi)
-    return '%.1f MiB' % (nbytes / units.Mi)
 
 
 def nova_manager_interval(config_files):
@@ -343,12 +335,13 @@ def nova_warning(nova):
 def render(document):
     """The status document as compact lines for a terminal."""
     cache = document['cache']
-    bound = ('max %s' % size_text(cache['max_bytes']) if cache['max_bytes']
-             else 'no size bound')
+    bound = ('max %s' % budget.size_text(cache['max_bytes'])
+             if cache['max_bytes'] else 'no size bound')
     lines = [_row('Image cache', '%s: %d files, %s apparent, %s allocated '
                   '(%s)' % (cache['path'], cache['files'],
-                            size_text(cache['apparent_bytes']),
-                            size_text(cache['allocated_bytes']), bound))]
+                            budget.size_text(cache['apparent_bytes']),
+                            budget.size_text(cache['allocated_bytes']),
+                            bound))]
     filesystem = document['filesystem']
     if filesystem is None:
         lines.append(_row('Filesystem', 'unknown (statvfs failed)'))
@@ -356,21 +349,22 @@ def render(document):
         lines.append(_row('Filesystem', '%.1f%% used, %s of %s (high '
                           'watermark %d%%, low %d%%)' % (
                               filesystem['used_percent'],
-                              size_text(filesystem['used_bytes']),
-                              size_text(filesystem['size_bytes']),
+                              budget.size_text(filesystem['used_bytes']),
+                              budget.size_text(filesystem['size_bytes']),
                               filesystem['high_watermark_percent'],
                               filesystem['low_watermark_percent'])))
     lines.extend(_last_pass_lines(document['last_pass']))
     entries = document['queue']['entries']
+    quarantined = document['queue']['quarantined_bytes']
     lines.append(_row('Scrub queue', '%d queued, %d parked (%s in '
                       'quarantine); %d drained, %d restored' % (
                           entries[queue.QUEUED], entries[queue.PARKED],
-                          size_text(document['queue']['quarantined_bytes']),
+                          budget.size_text(quarantined),
                           entries[queue.DRAINED], entries[queue.RESTORED])))
     running = document['totals']
     lines.append(_row('Totals', '%s reclaimed, %d errors, %d files came '
                       'back within %s of their removal' % (
-                          size_text(running['reclaimed_bytes']),
+                          budget.size_text(running['reclaimed_bytes']),
                           running['errors'], running['comebacks'],
                           plan.format_duration(
                               document['thrash_window_seconds']))))
@@ -403,15 +397,15 @@ def _last_pass_lines(last_pass):
         when, last_pass['duration_s'] or 0, last_pass['result'] or 'done'))]
     lines.append(_row('', '%s queued for removal, %s reclaimed, %d errors, '
                       '%d came back' % (
-                          size_text(last_pass['bytes_queued'] or 0),
-                          size_text(last_pass['bytes_reclaimed'] or 0),
+                          budget.size_text(last_pass['bytes_queued'] or 0),
+                          budget.size_text(last_pass['bytes_reclaimed'] or 0),
                           last_pass['errors'], last_pass['comebacks'])))
     budget_report = last_pass['budget']
     if budget_report and (budget_report['over_size']
                           or budget_report['over_watermark']):
         lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
             budget_report['evicted_files'],
-            size_text(budget_report['evicted_bytes']),
+            budget.size_text(budget_report['evicted_bytes']),
             'within budget after it' if budget_report['within']
             else 'still over budget after it')))
     return lines
@@ -425,7 +419,8 @@ def _files_table(last_pass):
         if counted is None:
             continue
         by_verdict = last_pass['files'][kind]
-        rows.append([kind, str(counted['files']), size_text(counted['bytes'])]
+        rows.append([kind, str(counted['files']),
+                     budget.size_text(counted['bytes'])]
                     + [str(by_verdict.get(v, {}).get('files', 0))
                        for v in verdicts])
     widths = [max(len(row[column]) for row in rows)

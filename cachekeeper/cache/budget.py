@@ -174,6 +174,9 @@ class Outcome:
 
 
 def size_text(nbytes):
+    """Render a number of bytes in MiB, or GiB from 1 GiB on."""
+    if nbytes >= units.Gi:
+        return '%.1f GiB' % (nbytes / units.Gi)
     return '%.1f MiB' % (nbytes / units.Mi)
 
 
