@@ -12,7 +12,9 @@
 
 """Parse and validate the configuration; every problem is one clear line."""
 
+import importlib.metadata
 import os
+import urllib.parse
 
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import loading as ks_loading
@@ -85,7 +87,9 @@ def _invalid_values(conf):
     def read(namespace, group, name):
         try:
             return namespace[name]
-        except (cfg.ConfigFileValueError, ValueError) as e:
+        except (cfg.ConfigFileValueError, ValueError,
+                cfg.NoSuchOptError) as e:
+            # NoSuchOptError: a $name in the value that is no option.
             problems.append(_option_problem(group, name, _reason(e)))
 
     for key in sorted(conf):
@@ -136,10 +140,9 @@ def _cross_option_problems(conf):
     if (os.path.isabs(conf.instances_path)
             and not os.path.isabs(conf.scrubber.quarantine_dir)):
         problem('scrubber', 'quarantine_dir', 'must be an absolute path')
-    if '://' not in conf.coordination.backend_url:
-        problem('coordination', 'backend_url',
-                'must be a tooz URL such as redis://127.0.0.1:6379, got %r'
-                % conf.coordination.backend_url)
+    backend_problem = _backend_url_problem(conf.coordination.backend_url)
+    if backend_problem:
+        problem('coordination', 'backend_url', backend_problem)
     problems.extend(_glance_problems(conf))
     state_problem = _state_path_problem(conf.state_path)
     if state_problem:
@@ -163,6 +166,21 @@ def _metrics_file_problem(path):
         return 'directory %s is not writable by this user' % directory
     if os.path.isdir(path):
         return '%s is a directory' % path
+    return None
+
+
+def _backend_url_problem(url):
+    scheme = urllib.parse.urlsplit(url).scheme
+    if '://' not in url or not scheme:
+        return ('must be a tooz URL such as redis://127.0.0.1:6379, got %r'
+                % url)
+    # Read from the package metadata: importing tooz's drivers here would
+    # load eventlet before the daemon chose its backend.
+    known = sorted(entry_point.name for entry_point in
+                   importlib.metadata.entry_points(group='tooz.backends'))
+    if scheme not in known:
+        return 'tooz has no backend %r (it has %s)' % (scheme,
+                                                       ', '.join(known))
     return None
 
 

@@ -22,6 +22,7 @@ from oslo_utils import units
 
 from cachekeeper.cache import manager
 import cachekeeper.conf
+from cachekeeper import coordination
 from cachekeeper.scrub import queue
 
 CONF = cachekeeper.conf.CONF
@@ -82,6 +83,7 @@ class CacheKeeperService(service.Service):
         self._loop_done = None
         self._manager = None
         self._scrub_queue = None
+        self._coordinator = None
         self._first_pass_at = None
         self._last_drain = None
 
@@ -91,7 +93,12 @@ class CacheKeeperService(service.Service):
         self._wakeup = threading.Event()
         self._loop_done = threading.Event()
         self._scrub_queue = open_scrub_queue()
-        self._manager = manager.CacheManager(CONF, self._scrub_queue)
+        self._coordinator = coordination.Coordinator.from_conf(
+            CONF, manager.cache_dir(CONF),
+            wants_leadership=self._wants_leadership)
+        self._coordinator.start()
+        self._manager = manager.CacheManager(CONF, self._scrub_queue,
+                                             self._coordinator)
         self._first_pass_at = time.monotonic() + FIRST_PASS_DELAY
         self._last_drain = time.monotonic()
         CONF.register_mutate_hook(self._config_changed)
@@ -118,7 +125,16 @@ class CacheKeeperService(service.Service):
                             STOP_TIMEOUT)
             else:
                 self._scrub_queue.close()
+                # After the pass: the next leader must not start before
+                # this one's last removal.
+                self._coordinator.stop()
         super().stop(graceful)
+
+    @staticmethod
+    def _wants_leadership():
+        # A host that would never remove must leave the removing to others.
+        return (pass_interval() is not None
+                and CONF.image_cache.remove_unused_base_images)
 
     def _config_changed(self, conf, fresh):
         self._log_interval('Configuration reloaded')

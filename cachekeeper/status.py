@@ -29,6 +29,7 @@ from cachekeeper.cache import budget
 from cachekeeper.cache import facts
 from cachekeeper.cache import plan
 from cachekeeper.cache import scan
+from cachekeeper import coordination
 from cachekeeper import report
 from cachekeeper.scrub import queue
 from cachekeeper.scrub import totals
@@ -112,8 +113,11 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
         },
         'thrash_window_seconds': conf.image_cache.thrash_window_seconds,
     }
+    document['coordination'] = coordination.status(conf, cache_dir, now)
     document['warnings'] = _warnings(document, limits, filesystem, conf,
                                      now)
+    document['warnings'].extend(coordination.status_warnings(
+        document['coordination']))
     return document
 
 
@@ -368,6 +372,8 @@ def render(document):
                           running['errors'], running['comebacks'],
                           plan.format_duration(
                               document['thrash_window_seconds']))))
+    lines.extend(_row(title, text) for title, text in
+                 coordination.status_rows(document['coordination']))
     if 'nova' in document:
         lines.append(_row('nova.conf', _nova_text(document['nova'])))
     if 'orphans' in document:

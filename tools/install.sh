@@ -10,6 +10,8 @@ missing=()
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v prlimit >/dev/null || missing+=(util-linux)
 command -v git >/dev/null || missing+=(git)
+# The system tests elect a leader through a real redis on 127.0.0.1.
+command -v redis-server >/dev/null || missing+=(redis-server)
 # libvirt-python (a test requirement) builds against libvirt's headers.
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists libvirt 2>/dev/null || missing+=(libvirt-dev)

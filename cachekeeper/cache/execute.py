@@ -61,16 +61,20 @@ class ExecuteResult:
 
 
 def execute(decisions, inventory, instances_path, policy, scrub_queue,
-            now_fn=time.time, dry_run=False, stop_event=None):
+            now_fn=time.time, dry_run=False, stop_event=None,
+            removal_hold=None):
     """Carry out ``decisions`` (from plan.plan) and return an ExecuteResult.
 
     ``inventory`` re-checks the references to a file inside its lock;
     ``stop_event`` (a threading.Event) ends the pass between two files,
-    never between taking a lock and removing the file.
+    never between taking a lock and removing the file. ``removal_hold``,
+    if given, is asked inside the lock just before each removal: it returns
+    why this host may no longer remove (e.g. it lost the leadership of a
+    shared cache), or None.
     """
     result = ExecuteResult()
     executor = _Executor(result, inventory, instances_path, policy,
-                         scrub_queue, now_fn, dry_run)
+                         scrub_queue, now_fn, dry_run, removal_hold)
     for index, decision in enumerate(decisions):
         # Under eventlet nothing else runs while a pass works through its
         # files: yield, so that a SIGTERM is handled between two files.
@@ -108,7 +112,7 @@ class _Executor:
     """Carries out the decision for one file and records its errors."""
 
     def __init__(self, result, inventory, instances_path, policy,
-                 scrub_queue, now_fn, dry_run):
+                 scrub_queue, now_fn, dry_run, removal_hold=None):
         self.result = result
         self.inventory = inventory
         self.instances_path = instances_path
@@ -116,6 +120,7 @@ class _Executor:
         self.scrub_queue = scrub_queue
         self.now_fn = now_fn
         self.dry_run = dry_run
+        self.removal_hold = removal_hold
 
     def carry_out(self, decision):
         path = decision.base_file.path
@@ -171,7 +176,7 @@ class _Executor:
                 decision, facts.QUEUED,
                 'dry run: would queue for removal: %s' % decision.reason)
         with locks.nova_lock(self.instances_path, base_file.name):
-            refusal = self._recheck(decision)
+            refusal = self._recheck(decision) or self._held(decision)
             if refusal is None:
                 return self._remove_rechecked(decision)
         verdict, reason = refusal
@@ -233,6 +238,13 @@ class _Executor:
                                                    message)
         self.result.bytes_queued += entry.allocated
         return report.FileReport.from_decision(decision, facts.QUEUED)
+
+    def _held(self, decision):
+        """Return (KEPT, reason) if this host may no longer remove, or None."""
+        hold = self.removal_hold() if self.removal_hold else None
+        if hold is None:
+            return None
+        return facts.KEPT, '%s; not removed: %s' % (decision.reason, hold)
 
     def _recheck(self, decision):
         """Check again, under the lock, that the file may go.

@@ -93,6 +93,11 @@ def nova_lock(instances_path, name, blocking=True):
         yield
 
 
+def ensure_locks_dir(instances_path):
+    """Create nova's lock directory if missing, owned like instances_path."""
+    _ensure_locks_dir(instances_path, locks_dir(instances_path))
+
+
 def lock_holder(instances_path, name):
     """Return who holds nova's lock for ``name``, or None if nobody does.
 

@@ -29,6 +29,7 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
 from cachekeeper.cache import plan
+from cachekeeper.cache import registry
 from cachekeeper.cache import residue
 from cachekeeper.cache import scan
 from cachekeeper import glance
@@ -61,14 +62,22 @@ class Evaluation:
     catalog: facts.ImageCatalog = None
     # None when the state database could not be read for it.
     budget_outcome: budget.Outcome = None
+    # The files found unused that this host may not remove this pass.
+    held: tuple = ()
 
 
 class CacheManager:
-    """Runs passes and gives each warning once, when its subject changes."""
+    """Runs passes and gives each warning once, when its subject changes.
 
-    def __init__(self, conf, scrub_queue):
+    ``coordinator`` (a coordination.Coordinator) decides whether
+    this process may remove files; without one it may, unless nova's
+    storage registry says other hosts share the cache.
+    """
+
+    def __init__(self, conf, scrub_queue, coordinator=None):
         self.conf = conf
         self.scrub_queue = scrub_queue
+        self.coordinator = coordinator
         self._warnings = {}
         self.images = glance.ImageService(conf)
 
@@ -81,6 +90,10 @@ class CacheManager:
         base_files = scan.scan(directory)
         instance_inventory = self._inventory()
         usage = instance_inventory.collect(b.name for b in base_files)
+        # Hosts that share the cache and cannot be known hold removals back.
+        storage = registry.read(self.conf.instances_path, create_lock=False)
+        for doubt in storage.doubts():
+            usage.add_doubt(doubt)
         policy = plan.policy_from_conf(self.conf)
         catalog = self.images.catalog(b.name for b in base_files)
         now = time.time()
@@ -143,6 +156,7 @@ class CacheManager:
         evaluation = None
         if not dry_run:
             self._adopt_orphans()
+        storage = None if dry_run else self._register(warnings)
         try:
             evaluation = self.evaluate()
         except OSError as e:
@@ -154,10 +168,15 @@ class CacheManager:
             if not dry_run:
                 result.comebacks = self._detect_comebacks(evaluation)
                 self._expedite(evaluation.budget_outcome)
+            hold = None if dry_run else self._pass_hold(storage, warnings)
+            if hold is not None:
+                evaluation.decisions, evaluation.held = plan.hold_removals(
+                    evaluation.decisions, hold)
             outcome = execute.execute(
                 evaluation.decisions, evaluation.inventory,
                 self.conf.instances_path, evaluation.policy,
-                self.scrub_queue, dry_run=dry_run, stop_event=stop_event)
+                self.scrub_queue, dry_run=dry_run, stop_event=stop_event,
+                removal_hold=self.removal_hold)
             result.files.extend(outcome.files)
             removed_bytes += outcome.bytes_removed
             # What could not be read held removals back: a per-file error.
@@ -298,8 +317,58 @@ class CacheManager:
                                        % (path, e)}
         return {}
 
+    def removal_hold(self):
+        """Why this process may not remove files now, or None if it may."""
+        if self.coordinator is None:
+            return None
+        return self.coordinator.removal_hold()
+
+    def _register(self, warnings):
+        """Record this host in nova's storage registry; return a Registry."""
+        instances_path = self.conf.instances_path
+        try:
+            return registry.register(instances_path, self.conf.host,
+                                     time.time())
+        except OSError as e:
+            path = registry.registry_path(instances_path)
+            warnings[('registry', path)] = (
+                'Cannot register host %s in %s: %s; nova on the hosts that '
+                'share it may not count this host\'s instances'
+                % (self.conf.host, path, e))
+            return registry.read(instances_path)
+
+    def _pass_hold(self, storage, warnings):
+        """Why this pass may not remove, or None; ``storage`` a Registry."""
+        others = storage.other_hosts(self.conf.host)
+        if self.coordinator is None:
+            if others:
+                return ('the image cache is shared with %s and this pass is '
+                        'not coordinated' % ', '.join(others))
+            return None
+        # A one-off pass starts its coordinator only now, when it knows
+        # what it would remove.
+        self.coordinator.start()
+        self.coordinator.wait_for_first_beat()
+        hold = self.coordinator.removal_hold()
+        problem = self.coordinator.reach_problem() if others else None
+        if hold is None and problem is not None:
+            hold = ('the image cache is shared with %s, but [coordination] '
+                    'backend_url cannot keep them from removing at the same '
+                    'time: %s' % (', '.join(others), problem))
+            warnings[('coordination', cache_dir(self.conf))] = (
+                'Image cache %s: %s; no removal' % (cache_dir(self.conf),
+                                                     hold))
+        return hold
+
     def drain(self, ignore_delay=False, stop_event=None):
-        """Delete the quarantined files that are due; a DrainResult."""
+        """Delete the quarantined files that are due; a DrainResult.
+
+        Only the leader of a shared cache drains.
+        """
+        hold = self.removal_hold()
+        if hold is not None:
+            LOG.debug('Scrub queue not drained: %s', hold)
+            return queue.DrainResult()
         try:
             return self.scrub_queue.drain(
                 time.time(), self.conf.scrubber.scrub_delay,
@@ -315,8 +384,10 @@ class CacheManager:
     def _record_usage(self, evaluation, outcome):
         """Remember when each file was last in use and first unused."""
         in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
+        held = set(evaluation.held)
         unused = [f.path for f in outcome.files
-                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)]
+                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)
+                  or os.path.basename(f.path) in held]
         try:
             ledger.record_usage(
                 self.scrub_queue.state_db,

@@ -17,6 +17,7 @@ inventory and the clock are read by the caller, so every rule can be tested
 with plain values and a pass can be explained after the fact.
 """
 
+import dataclasses
 import hashlib
 
 from cachekeeper.cache import facts
@@ -249,3 +250,23 @@ def plan(base_files, usage, policy, now, catalog=None):
     """
     return [decide(base_file, usage, policy, now, catalog)
             for base_file in base_files]
+
+
+def hold_removals(decisions, reason):
+    """Keep the files ``decisions`` would remove, because of ``reason``.
+
+    ``reason`` says why this host may not remove this pass (it is not the
+    leader of a shared cache, coordination is unavailable). Returns the new
+    decisions and the names of the files held back, which were found
+    unused all the same.
+    """
+    held = []
+    result = []
+    for decision in decisions:
+        if decision.verdict == facts.REMOVABLE:
+            decision = dataclasses.replace(
+                decision, verdict=facts.KEPT,
+                reason='%s; not removed: %s' % (decision.reason, reason))
+            held.append(decision.base_file.name)
+        result.append(decision)
+    return result, tuple(held)

@@ -9,3 +9,12 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+"""The console scripts."""
+
+import warnings
+
+# futurist, which oslo.service and tooz load, imports eventlet whatever the
+# backend, and eventlet's deprecation banner tells an operator nothing they
+# can act on.
+warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')

@@ -36,6 +36,7 @@ from cachekeeper.cache import manager
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import config
+from cachekeeper import coordination
 from cachekeeper import demo
 from cachekeeper import glance
 from cachekeeper import status
@@ -92,6 +93,16 @@ def _with_scrub_queue(action, moves_files=False):
         scrub_queue.close()
 
 
+def _coordinator():
+    """Take part in electing the cache's remover, for one pass.
+
+    The pass starts it when it has decided what it would remove.
+    """
+    return coordination.Coordinator.from_conf(
+        CONF, manager.cache_dir(CONF),
+        wants_leadership=lambda: CONF.image_cache.remove_unused_base_images)
+
+
 class CacheCommands:
     """Run a pass over the image cache, explain one file, or show status."""
 
@@ -108,8 +119,14 @@ class CacheCommands:
 
     @staticmethod
     def _pass(scrub_queue, dry_run, as_json):
-        result = manager.CacheManager(CONF, scrub_queue).run_pass(
-            dry_run=dry_run)
+        # A dry run removes nothing, so it does not need the leadership.
+        coordinator = None if dry_run else _coordinator()
+        try:
+            result = manager.CacheManager(
+                CONF, scrub_queue, coordinator).run_pass(dry_run=dry_run)
+        finally:
+            if coordinator is not None:
+                coordinator.stop()
         if as_json:
             print(result.to_json())
         else:

@@ -27,6 +27,14 @@ coordination_opts = [
 The tooz backend URL, such as ``redis://127.0.0.1:6379``. The default file
 backend works for one host and, through POSIX locks, for hosts that share
 ``instances_path`` on NFS with working lock daemons.
+
+Only the leader of an image cache removes files: the host that holds a
+tooz lock named after the real path of the cache directory. When nova's
+storage registry (``$instances_path/compute_nodes``) lists other hosts,
+the backend must reach all of them: a file backend must then be on the
+file system of the image cache. With redis or etcd, a leader that dies
+is replaced once its lease runs out: tooz's ``timeout`` URL parameter, in
+seconds (30 by default), e.g. ``redis://127.0.0.1:6379?timeout=10``.
 """),
 ]
 

@@ -13,6 +13,7 @@
 import socket
 
 from oslo_config import cfg
+from oslo_utils import netutils
 
 default_opts = [
     cfg.StrOpt('instances_path',
@@ -38,6 +39,15 @@ own state directory.
         sample_default='<current_hostname>',
         help="""
 Name of this compute host, as nova knows it (nova's [DEFAULT] host).
+"""),
+    cfg.StrOpt('my_ip',
+        default=netutils.get_my_ipv4(),
+        sample_default='<host_ipv4>',
+        help="""
+This host's IP address, as nova knows it (nova's [DEFAULT] my_ip). It is
+used through ``$my_ip`` in other options, such as ``[image_cache]
+subdirectory_name = _base_$my_ip`` for a per-host image cache on shared
+storage, as nova documents it.
 """),
     cfg.BoolOpt('force_raw_images',
         default=True,

@@ -270,9 +270,10 @@ def test_human_status_is_a_compact_table(tmp_path):
         text=True, timeout=hosttree.PASS_TIMEOUT)
     assert process.returncode == 0, process.stderr
     lines = process.stdout.splitlines()
-    titles = [line[:13].strip() for line in lines[:9] if line[:13].strip()]
+    titles = [line[:13].strip() for line in lines[:12] if line[:13].strip()]
     assert titles == ['Image cache', 'Filesystem', 'Last pass',
-                      'Scrub queue', 'Totals', 'nova.conf', 'Orphans']
+                      'Scrub queue', 'Totals', 'Coordination', 'Leader',
+                      'Registry', 'nova.conf', 'Orphans']
     assert lines[0].startswith('Image cache  %s: 5 files' % host.cache_dir)
     header = next(line for line in lines if line.startswith('KIND'))
     assert header.split() == ['KIND', 'FILES', 'SIZE', facts.IN_USE,

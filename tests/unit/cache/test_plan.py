@@ -611,3 +611,21 @@ class ResidueTestCase(unittest.TestCase):
 
     def test_residue_min_age_is_its_kinds_min_age(self):
         self.assertEqual(DAY, self.RULES.min_age(facts.RESIDUE))
+
+
+class HoldRemovalsTestCase(unittest.TestCase):
+
+    def test_only_removable_files_are_held(self):
+        files = [base_file(IMAGE, facts.ORIGINAL),
+                 base_file(OTHER, facts.ORIGINAL, age=HOUR)]
+        decisions = plan.plan(files, usage(), POLICY, NOW)
+        held, names = plan.hold_removals(
+            decisions, 'not the leader for this cache (leader: host-b)')
+        self.assertEqual((IMAGE,), names)
+        self.assertEqual([facts.KEPT, facts.TOO_YOUNG],
+                         [d.verdict for d in held])
+        self.assertEqual('unused for 10d (minimum 1d); not removed: not the '
+                         'leader for this cache (leader: host-b)',
+                         held[0].reason)
+        self.assertEqual(DAY, held[0].min_age)
+        self.assertEqual(decisions[1], held[1])
