@@ -46,12 +46,12 @@ def cache_usage(base_files):
     Bytes are those of regular files: apparent (st_size) and allocated
     (st_blocks); other entries are counted as files only.
     """
+    by_kind = {}
+    for base_file in base_files:
+        by_kind.setdefault(base_file.kind, []).append(base_file)
     usage = _bytes_of(base_files)
-    usage['kinds'] = {}
-    for kind in facts.KINDS:
-        of_kind = [b for b in base_files if b.kind == kind]
-        if of_kind:
-            usage['kinds'][kind] = _bytes_of(of_kind)
+    usage['kinds'] = {kind: _bytes_of(by_kind[kind])
+                      for kind in facts.KINDS if kind in by_kind}
     return usage
 
 

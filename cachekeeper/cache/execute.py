@@ -19,6 +19,7 @@ to use it. Any doubt keeps the file. One file's failure never ends the
 pass.
 """
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -38,6 +39,17 @@ from cachekeeper.scrub import db
 from cachekeeper.scrub import queue
 
 LOG = logging.getLogger(__name__)
+
+# A pass yields to other green threads (and so to a SIGTERM) at least this
+# often, in seconds; a yield costs about 0.1 ms, too much for every file.
+YIELD_INTERVAL = 0.01
+# Removals are re-checked in batches: nova's locks for up to BATCH_LOCKS
+# files to remove among the next BATCH_WINDOW decisions are taken, and one
+# inventory recheck serves them all (it costs a few stats per instance
+# directory, however many files it is for). A batch holds its locks for
+# about BATCH_LOCKS quarantines, a fraction of a second.
+BATCH_WINDOW = 512
+BATCH_LOCKS = 128
 
 
 @dataclasses.dataclass
@@ -75,16 +87,30 @@ def execute(decisions, inventory, instances_path, policy, scrub_queue,
     result = ExecuteResult()
     executor = _Executor(result, inventory, instances_path, policy,
                          scrub_queue, now_fn, dry_run, removal_hold)
-    for index, decision in enumerate(decisions):
-        # Under eventlet nothing else runs while a pass works through its
-        # files: yield, so that a SIGTERM is handled between two files.
-        time.sleep(0)
-        if stop_event is not None and stop_event.is_set():
-            result.interrupted = True
-            result.files.extend(_interrupted(d) for d in decisions[index:])
-            break
-        result.files.append(executor.carry_out(decision))
+    yielded_at = time.monotonic()
+    try:
+        for index, decision in enumerate(decisions):
+            # Under eventlet nothing else runs while a pass works through
+            # its files: yield, so that a SIGTERM is handled between two
+            # files.
+            if time.monotonic() - yielded_at >= YIELD_INTERVAL:
+                time.sleep(0)
+                yielded_at = time.monotonic()
+            if stop_event is not None and stop_event.is_set():
+                result.interrupted = True
+                result.files.extend(
+                    _interrupted(d) for d in decisions[index:])
+                break
+            executor.lock_ahead(decisions, index)
+            result.files.append(executor.carry_out(decision))
+    finally:
+        executor.release()
     return result
+
+
+def _queues_for_removal(decision):
+    return (decision.verdict == facts.REMOVABLE
+            and decision.base_file.kind != facts.RESIDUE)
 
 
 def _interrupted(decision):
@@ -121,6 +147,63 @@ class _Executor:
         self.now_fn = now_fn
         self.dry_run = dry_run
         self.removal_hold = removal_hold
+        # The current batch: its end, the names it holds nova's locks
+        # for, those not rechecked yet, and the recheck of the others.
+        self._batch_end = 0
+        self._batch_locks = contextlib.ExitStack()
+        self._batch_locked = set()
+        self._unrechecked = set()
+        self._rechecked = {}
+
+    def lock_ahead(self, decisions, index):
+        """Start a batch of removals at ``decisions[index]`` if one is due.
+
+        The locks of the files the batch removes are taken without waiting.
+        The batch ends before a file whose lock is busy (nova may be
+        downloading it): that file's lock is waited for alone, with no
+        other lock held, so that nova never waits for a lock this pass
+        holds while the pass waits for nova.
+        """
+        if self.dry_run or index < self._batch_end:
+            return
+        self.release()
+        end = index
+        while (end < len(decisions) and end - index < BATCH_WINDOW
+               and len(self._batch_locked) < BATCH_LOCKS):
+            if _queues_for_removal(decisions[end]):
+                name = decisions[end].base_file.name
+                try:
+                    self._batch_locks.enter_context(locks.nova_lock(
+                        self.instances_path, name, blocking=False))
+                except (lockutils.AcquireLockFailedException, OSError):
+                    if end == index:
+                        end += 1
+                    break
+                self._batch_locked.add(name)
+            end += 1
+        self._batch_end = end
+        self._unrechecked = set(self._batch_locked)
+
+    def release(self):
+        """Release the locks of the current batch."""
+        self._batch_locks.close()
+        self._batch_locked = set()
+        self._unrechecked = set()
+        self._rechecked = {}
+
+    def _recheck_references(self, name):
+        """Return (references, doubts) of ``name`` from a recheck under
+        its lock: the batch's, made for all of it when first needed."""
+        if name in self._unrechecked:
+            names, self._unrechecked = sorted(self._unrechecked), set()
+            self._rechecked = self.inventory.recheck_many(names)
+        found = self._rechecked.pop(name, None)
+        return self.inventory.recheck(name) if found is None else found
+
+    def _nova_lock(self, name, blocking=True):
+        if name in self._batch_locked:
+            return contextlib.nullcontext()
+        return locks.nova_lock(self.instances_path, name, blocking=blocking)
 
     def carry_out(self, decision):
         path = decision.base_file.path
@@ -175,7 +258,7 @@ class _Executor:
             return report.FileReport.from_decision(
                 decision, facts.QUEUED,
                 'dry run: would queue for removal: %s' % decision.reason)
-        with locks.nova_lock(self.instances_path, base_file.name):
+        with self._nova_lock(base_file.name):
             refusal = self._recheck(decision) or self._held(decision)
             if refusal is None:
                 return self._remove_rechecked(decision)
@@ -198,8 +281,7 @@ class _Executor:
                 'dry run: would remove: %s' % decision.reason)
         target = plan.download_target(base_file.name)
         try:
-            with locks.nova_lock(self.instances_path, target,
-                                 blocking=False):
+            with self._nova_lock(target, blocking=False):
                 refusal = self._recheck(decision)
                 if refusal is None:
                     os.unlink(base_file.path)
@@ -269,7 +351,7 @@ class _Executor:
             return facts.KEPT, 'unused for only %s of %s at re-check' % (
                 plan.format_duration(max(age, 0)),
                 plan.format_duration(min_age))
-        references, doubts = self.inventory.recheck(base_file.name)
+        references, doubts = self._recheck_references(base_file.name)
         if references:
             reason = plan.references_reason(references)
             return facts.IN_USE, self._touch(base_file, reason)

@@ -99,6 +99,11 @@ class Usage:
 
     references: dict = dataclasses.field(default_factory=dict)
     doubts: list = dataclasses.field(default_factory=list)
+    # (len(doubts), the doubts about every file, the names some doubt
+    # names): built when first needed, so that a pass over many files
+    # does not scan the doubts for each.
+    _doubt_index: tuple = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
 
     def add_reference(self, reference):
         self.references.setdefault(reference.name, []).append(reference)
@@ -110,6 +115,16 @@ class Usage:
         return self.references.get(name, ())
 
     def doubts_about(self, name):
+        """The doubts that concern ``name``, in order; do not modify."""
+        index = self._doubt_index
+        if index is None or index[0] != len(self.doubts):
+            index = self._doubt_index = (
+                len(self.doubts),
+                [d for d in self.doubts if d.names is None],
+                frozenset().union(*(d.names for d in self.doubts
+                                    if d.names is not None)))
+        if name not in index[2]:
+            return index[1]
         return [d for d in self.doubts if d.names is None or name in d.names]
 
 

@@ -17,9 +17,15 @@ address space and CPU time limits plus a wall-clock timeout. It is always
 told the format (``-f``): a format nobody recorded is chosen by reading a
 bounded header with oslo.utils' format inspector, never by letting qemu-img
 probe guest-written data.
+
+Two things spare most calls: the answers kept from earlier passes for disks
+that did not change (inspect_cache), and, with ``[image_cache]
+inspect_method = auto``, the qcow2 header reader for the plain qcow2
+overlays nova makes (qcow2); qemu-img answers for everything else.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import resource
@@ -36,7 +42,14 @@ from oslo_utils import imageutils
 from oslo_utils.imageutils import format_inspector
 from oslo_utils import units
 
+from cachekeeper.cache import inspect_cache
+from cachekeeper.cache import qcow2
+
 LOG = logging.getLogger(__name__)
+
+# [image_cache] inspect_method
+AUTO = 'auto'
+QEMU_IMG = 'qemu-img'
 
 # Formats that cannot name a backing file: a disk in one of them ends its
 # chain and needs no qemu-img call. Names are both qemu's and the format
@@ -111,28 +124,71 @@ def _one_line(text, limit=200):
     return line if len(line) <= limit else line[:limit] + '...'
 
 
+@contextlib.contextmanager
+def _any_error_as_inspect_error(path):
+    # A pass must survive any one disk: whatever else goes wrong is
+    # reported like any other inspection failure.
+    try:
+        yield
+    except InspectError:
+        raise
+    except Exception as e:
+        LOG.debug('Unexpected error inspecting %s', path, exc_info=True)
+        raise InspectError(path, 'unexpected error: %s' % e)
+
+
+def _disk_stat(path):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InspectError(path, e.strerror or str(e))
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        # qemu-img would block opening a FIFO.
+        raise InspectError(path, 'not a regular file')
+    return st
+
+
 class Inspector:
-    """Runs qemu-img info under limits, one call or a bounded pool of them."""
+    """Inspects disks: from the cache, the qcow2 header, or qemu-img.
+
+    qemu-img runs under limits, one call or a bounded pool of them.
+    ``method`` is AUTO (read plain qcow2 headers) or QEMU_IMG (ask
+    qemu-img about every disk), ``cache`` an inspect_cache.InspectionCache
+    or None. The counters say how each disk was answered.
+    """
 
     def __init__(self, cpu_time_limit=30, address_space_limit_gb=2,
-                 timeout=60, workers=4):
+                 timeout=60, workers=4, method=QEMU_IMG, cache=None):
         self.cpu_time_limit = cpu_time_limit
         self.address_space_limit = address_space_limit_gb * units.Gi
         self.timeout = timeout
         self.workers = workers
+        self.method = method
+        self.cache = cache
         self.qemu_img_calls = 0
+        self.header_reads = 0
+        self.cache_hits = 0
         self._calls_lock = threading.Lock()
         # util-linux prlimit sets the limits and execs qemu-img in ~1 ms;
         # oslo's prlimit wrapper would start a Python interpreter per call.
         self._prlimit = shutil.which('prlimit')
+        self._trusted = ((inspect_cache.QEMU_IMG, inspect_cache.HEADER)
+                         if method == AUTO else (inspect_cache.QEMU_IMG,))
 
     @classmethod
-    def from_conf(cls, conf):
+    def from_conf(cls, conf, cache=None):
         return cls(
             cpu_time_limit=conf.libvirt.images_cpu_time_limit,
             address_space_limit_gb=conf.libvirt.images_address_space_limit,
             timeout=conf.image_cache.inspect_timeout,
-            workers=conf.image_cache.inspect_workers)
+            workers=conf.image_cache.inspect_workers,
+            method=conf.image_cache.inspect_method,
+            cache=cache)
+
+    def save(self, prune=False):
+        """Keep this pass's answers for the next (see InspectionCache)."""
+        if self.cache is not None:
+            self.cache.save(prune=prune)
 
     def _command(self, path, fmt):
         command = ['qemu-img', 'info', '--output=json', '--force-share',
@@ -248,27 +304,67 @@ class Inspector:
         Raises InspectError, and nothing else, when that cannot be done.
         """
         path = os.path.abspath(path)
+        with _any_error_as_inspect_error(path):
+            st = _disk_stat(path)
+            info = self._known(path, fmt, st)
+        return info or self._ask_qemu_img(path, fmt, st)
+
+    def _known(self, path, fmt, st):
+        """The DiskInfo from the cache or the qcow2 header, or None."""
+        if self.cache is not None:
+            found = self.cache.lookup(st, fmt, self._trusted)
+            if found is not None:
+                self.cache_hits += 1
+                return DiskInfo(path, fmt, *found)
+        if self.method == AUTO and fmt == 'qcow2' and stat.S_ISREG(
+                st.st_mode):
+            return self._read_qcow2_header(path)
+        return None
+
+    def _read_qcow2_header(self, path):
         try:
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                raise InspectError(path, e.strerror or str(e))
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-                # qemu-img would block opening a FIFO.
-                raise InspectError(path, 'not a regular file')
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise InspectError(path, e.strerror or str(e))
+        try:
+            # The stat of what is read, not of what the path named before.
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            header = qcow2.read(fd)
+        except qcow2.Unsupported as e:
+            LOG.debug('qemu-img inspects %s: %s', path, e)
+            return None
+        except OSError as e:
+            raise InspectError(path, e.strerror or str(e))
+        finally:
+            os.close(fd)
+        self.header_reads += 1
+        info = DiskInfo(path, 'qcow2', header.backing_file,
+                        header.backing_format)
+        self._remember(st, info, inspect_cache.HEADER)
+        return info
+
+    def _remember(self, st, info, method):
+        if self.cache is not None:
+            self.cache.store(st, info.format, method, info.backing_file,
+                             info.backing_format, info.data_file)
+
+    def _ask_qemu_img(self, path, fmt, st):
+        """Run qemu-img info on ``path``; the answer is kept under ``st``.
+
+        ``st`` is taken before the call: a disk written meanwhile has
+        another stat by the next pass, which then asks again.
+        """
+        with _any_error_as_inspect_error(path):
             out = self._run(path, fmt)
             if len(out) > MAX_OUTPUT_BYTES:
                 raise InspectError(
                     path, 'qemu-img info printed %d bytes, more than the '
                     '%d accepted' % (len(out), MAX_OUTPUT_BYTES))
-            return self._parse(path, fmt, out)
-        except InspectError:
-            raise
-        except Exception as e:
-            # A pass must survive any one disk: whatever else went wrong is
-            # reported like any other inspection failure.
-            LOG.debug('Unexpected error inspecting %s', path, exc_info=True)
-            raise InspectError(path, 'unexpected error: %s' % e)
+            info = self._parse(path, fmt, out)
+            self._remember(st, info, inspect_cache.QEMU_IMG)
+            return info
 
     @staticmethod
     def _parse(path, fmt, out):
@@ -333,20 +429,34 @@ class Inspector:
         return str(wrapper.format)
 
     def inspect_many(self, requests):
-        """Inspect (path, fmt) pairs in a pool of ``workers`` threads.
+        """Inspect (path, fmt) pairs; qemu-img runs in a pool of ``workers``.
 
-        Returns {path: DiskInfo or InspectError}.
+        ``path`` is absolute. Returns {path: DiskInfo or InspectError}.
         """
-        requests = dict(requests)
-        if not requests:
-            return {}
-
-        def inspect_one(path):
+        results = {}
+        waiting = {}
+        for path, fmt in dict(requests).items():
             try:
-                return self.inspect(path, requests[path])
+                with _any_error_as_inspect_error(path):
+                    st = _disk_stat(path)
+                    info = self._known(path, fmt, st)
+            except InspectError as e:
+                results[path] = e
+                continue
+            if info is None:
+                waiting[path] = (fmt, st)
+            else:
+                results[path] = info
+        if not waiting:
+            return results
+
+        def ask_qemu_img(path):
+            try:
+                return self._ask_qemu_img(path, *waiting[path])
             except InspectError as e:
                 return e
 
-        workers = min(self.workers, len(requests))
+        workers = min(self.workers, len(waiting))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            return dict(zip(requests, pool.map(inspect_one, requests)))
+            results.update(zip(waiting, pool.map(ask_qemu_img, waiting)))
+        return results

@@ -339,31 +339,69 @@ def parse_domain_xml(data):
                   metadata=_nova_metadata(domain))
 
 
+class CacheNames:
+    """The names in the cache directory, indexed for nova's name patterns.
+
+    ``variants[original]`` are the resized and legacy variants of an
+    original (``<original>_<digits>``, ``<original>_sm``);
+    ``ephemerals[size]`` the ephemeral files of a size in GiB
+    (``ephemeral_<size>_*``), each sorted by name.
+    """
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+        self.variants = {}
+        self.ephemerals = {}
+        for name in sorted(self.names):
+            if _VARIANT.fullmatch(name):
+                self.variants.setdefault(name[:40], []).append(name)
+            if name.startswith(_EPHEMERAL_PREFIX):
+                size, sep, _rest = name[len(_EPHEMERAL_PREFIX):].partition(
+                    '_')
+                if sep:
+                    self.ephemerals.setdefault(size, []).append(name)
+
+    def __contains__(self, name):
+        return name in self.names
+
+
+_VARIANT = re.compile('.{40}_(sm|[0-9]+)', re.DOTALL)
+_EPHEMERAL_PREFIX = 'ephemeral_'
+
+
 def cache_names_for(metadata, cache_names):
     """Yield (name, reason) for the cache files nova metadata points to.
 
     The original of the root image is named whether or not it is in
-    ``cache_names``; its resized variants, and the ephemeral files whose
-    file system hash is not recorded, are found among ``cache_names``.
+    ``cache_names`` (a CacheNames, or any collection of names); its resized
+    variants, and the ephemeral files whose file system hash is not
+    recorded, are found among ``cache_names``.
     """
+    if not isinstance(cache_names, CacheNames):
+        cache_names = CacheNames(cache_names)
     if metadata.root_image:
         original = hashlib.sha1(metadata.root_image.encode('utf-8'),
                                 usedforsecurity=False).hexdigest()
-        variant = re.compile(re.escape(original) + '_(sm|[0-9]+)')
         reason = 'root image %s' % metadata.root_image
         yield original, reason
-        for name in sorted(cache_names):
-            if variant.fullmatch(name):
-                yield name, reason
+        for name in cache_names.variants.get(original, ()):
+            yield name, reason
     if metadata.swap_mb > 0:
         yield 'swap_%d' % metadata.swap_mb, (
             'flavor swap of %d MiB' % metadata.swap_mb)
     if metadata.ephemeral_gb > 0:
-        prefix = 'ephemeral_%d_' % metadata.ephemeral_gb
-        for name in sorted(cache_names):
-            if name.startswith(prefix):
-                yield name, (
-                    'flavor ephemeral disk of %d GiB' % metadata.ephemeral_gb)
+        for name in cache_names.ephemerals.get(
+                '%d' % metadata.ephemeral_gb, ()):
+            yield name, (
+                'flavor ephemeral disk of %d GiB' % metadata.ephemeral_gb)
+
+
+# Kinds of the inputs of a _Directory: a file whose content was read (its
+# stat _version), a path resolved to a file (its real path and file type),
+# a path resolved to its real path only.
+_READ = 'read'
+_RESOLVED = 'resolved'
+_REAL_PATH = 'real path'
 
 
 @dataclasses.dataclass
@@ -371,17 +409,51 @@ class _Directory:
     """What one instance directory uses, and how it looked when read.
 
     ``signature`` is None when the directory must be read again at the next
-    recheck whatever its times say. The evidence of a libvirt domain is
-    kept in one too, without a signature: it is keyed by its definition.
+    recheck whatever its times say. ``inputs`` are what the evidence rests
+    on besides the directory and its metadata files: (kind, path, what it
+    was) for the disks and chain files read. ``references`` come from the
+    chains; ``metadata`` holds (NovaMetadata, source) pairs, whose
+    references depend on the names in the cache. A directory not
+    ``carried`` is read again in the next pass whatever its inputs say.
+    The evidence of a libvirt domain is kept in one too, without a
+    signature: it is keyed by its definition.
     """
 
     signature: tuple = None
     references: list = dataclasses.field(default_factory=list)
     doubts: list = dataclasses.field(default_factory=list)
+    metadata: list = dataclasses.field(default_factory=list)
+    inputs: list = dataclasses.field(default_factory=list)
+    carried: bool = True
+    _expanded: tuple = dataclasses.field(default=(None, ()), repr=False,
+                                         compare=False)
 
     def doubt(self, source, message):
         LOG.debug('Doubt about %s: %s', source, message)
         self.doubts.append(facts.Doubt(source=source, message=message))
+
+    def all_references(self, cache_names):
+        """The references, those of the metadata expanded for the
+        CacheNames ``cache_names``."""
+        if not self.metadata:
+            return self.references
+        if self._expanded[0] is not cache_names:
+            self._expanded = (cache_names, [
+                facts.Reference(name=name, source=source,
+                                reason='%s in %s' % (reason, source))
+                for metadata, source in self.metadata
+                for name, reason in cache_names_for(metadata, cache_names)])
+        return self._expanded[1] + self.references
+
+    def read(self, path, st):
+        """Record that the content of ``path``, stat ``st``, was read."""
+        if (not stat.S_ISREG(st.st_mode) or
+                max(st.st_mtime_ns, st.st_ctime_ns) > _racy_horizon()):
+            # Writing to a block device changes none of its times, and a
+            # file changed within its timestamps' granularity keeps them:
+            # neither is proven unchanged in a later pass.
+            self.carried = False
+        self.inputs.append((_READ, path, _version(st)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,51 +477,157 @@ class _Link:
     owner: str = None
 
 
-def _signature(path):
-    """Identify the state of an instance directory and its metadata files.
+def _version(st):
+    """What changes in a stat result whenever its file is written."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    None when the directory or its metadata changed too recently for the
-    times to tell a later change apart, or cannot be stat'ed.
+
+def _racy_horizon(clock=time.time_ns):
+    """Times after this are too recent to prove a later change absent."""
+    return clock() - RACY_SECONDS * 10 ** 9
+
+
+@dataclasses.dataclass(frozen=True)
+class _InstanceDirectory:
+    """An instance directory as listed: its stat (following symlinks) and,
+    when it is no symlink, its real path."""
+
+    path: str
+    st: os.stat_result
+    real_path: str = None
+
+
+# Stands for a metadata file whose stat failed: it is read without a
+# signature, and reading it reports the error.
+_UNKNOWN = object()
+
+
+def _directory_state(directory):
+    """Return the signature of an instance directory and its metadata stats.
+
+    The signature identifies the state of the directory and of its
+    metadata files; it is None when any of them changed too recently for
+    the times to tell a later change apart, or cannot be stat'ed. The
+    stats are {DISK_INFO: st, LIBVIRT_XML: st}, None for a file that is
+    not there and _UNKNOWN for one that cannot be stat'ed.
     """
-    horizon = time.time_ns() - RACY_SECONDS * 10 ** 9
-    parts = []
-    for part in (path, os.path.join(path, DISK_INFO),
-                 os.path.join(path, LIBVIRT_XML)):
+    horizon = _racy_horizon()
+    st = directory.st
+    parts = [_version(st)]
+    valid = st.st_mtime_ns <= horizon
+    stats = {}
+    for name in (DISK_INFO, LIBVIRT_XML):
         try:
-            st = _stat(part)
+            part = _stat(directory.path + os.sep + name)
         except OSError:
-            return None
-        if st is None:
-            if part == path:
-                return None
+            stats[name] = _UNKNOWN
+            valid = False
+            continue
+        stats[name] = part
+        if part is None:
             parts.append(None)
             continue
-        if st.st_mtime_ns > horizon:
+        valid = valid and part.st_mtime_ns <= horizon
+        parts.append(_version(part))
+    return (tuple(parts) if valid else None), stats
+
+
+class ParsedFiles:
+    """disk.info and libvirt.xml files as parsed, while they do not change.
+
+    A file whose stat (identity, size, modification and change time) is
+    the one it was parsed at is not read again. Kept from pass to pass by
+    the manager; an entry no pass used since the last new_pass() is
+    dropped at the next one.
+    """
+
+    def __init__(self, clock=time.time_ns):
+        self._clock = clock
+        self._current = {}
+        self._previous = {}
+
+    def new_pass(self):
+        self._previous, self._current = self._current, {}
+
+    def read(self, path, st, parse):
+        """Return parse(content) of the small file at ``path``.
+
+        ``st`` is its stat taken before (None or _UNKNOWN when there is
+        none). Returns None if the file is gone; raises OSError when it
+        cannot be read, ValueError when parse refuses its content.
+        """
+        version = None
+        if st is not None and st is not _UNKNOWN and stat.S_ISREG(
+                st.st_mode):
+            version = _version(st)
+            entry = self._current.get(path) or self._previous.get(path)
+            if entry is not None and entry[0] == version:
+                self._current[path] = entry
+                return self._value(entry[1])
+        data = _read_small_file(path)
+        if data is None:
             return None
-        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                      st.st_ctime_ns))
-    return tuple(parts)
+        try:
+            value = parse(data)
+        except ValueError as e:
+            value = e
+        if version is not None and max(
+                st.st_mtime_ns, st.st_ctime_ns) <= _racy_horizon(
+                    self._clock):
+            self._current[path] = (version, value)
+        return self._value(value)
+
+    @staticmethod
+    def _value(value):
+        if isinstance(value, ValueError):
+            raise ValueError(str(value))
+        return value
+
+
+class Memory:
+    """What the inventories of a daemon's passes keep from pass to pass.
+
+    The parsed metadata files, and the evidence of the instance
+    directories the last pass read: a directory whose times, metadata and
+    disks did not change since is not read again.
+    """
+
+    def __init__(self):
+        self.parsed_files = ParsedFiles()
+        self.directories = {}
+        self.cache_dir_key = None
+        self.cache_names = CacheNames(())
+
+    def cache_names_of(self, names):
+        """The CacheNames of ``names``; the last pass's if they are equal
+        (references expanded for it are kept with it)."""
+        names = frozenset(names)
+        if names != self.cache_names.names:
+            self.cache_names = CacheNames(names)
+        return self.cache_names
 
 
 class _Reader:
     """Reads instance directories; inspects each file once per read."""
 
-    def __init__(self, inspector, cache_dir, cache_names):
+    def __init__(self, inspector, cache_dir, cache_names, parsed_files):
         self.inspector = inspector
         self.cache_dir = cache_dir
         self.real_cache_dir = os.path.realpath(cache_dir)
         self.cache_dir_identity = _identity(cache_dir)
         self.cache_names = cache_names
+        self.parsed_files = parsed_files
         self._inspected = {}
         self._parent_identities = {}
+        self._real_dirs = {}
 
-    def _in_cache_dir(self, path):
-        """Whether ``path`` names an entry of the cache directory.
+    def _in_cache_dir(self, real_path):
+        """Whether ``real_path`` (a real path) is in the cache directory.
 
         Compared by the identity of the parent directory, not its name: a
         bind mount gives one directory two real paths.
         """
-        parent = os.path.dirname(os.path.realpath(path))
+        parent = os.path.dirname(real_path)
         if parent == self.real_cache_dir:
             return True
         if parent not in self._parent_identities:
@@ -457,12 +635,40 @@ class _Reader:
         identity = self._parent_identities[parent]
         return identity is not None and identity == self.cache_dir_identity
 
-    def read(self, paths):
-        """Return {path: _Directory} for the directories still there."""
-        directories = {}
+    def _resolve(self, path):
+        """Return the stat (following symlinks) and real path of ``path``.
+
+        (None, None) if it is not there; raises OSError when it cannot be
+        stat'ed. The real path of each directory is resolved once per read.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            if e.errno in _GONE:
+                return None, None
+            raise
+        head, tail = os.path.split(path)
+        if stat.S_ISLNK(st.st_mode) or tail in ('', '.', '..'):
+            st = _stat(path)
+            return st, None if st is None else os.path.realpath(path)
+        real_head = self._real_dirs.get(head)
+        if real_head is None:
+            # With a trailing separator, to be joined by concatenation.
+            real_head = self._real_dirs[head] = os.path.join(
+                os.path.realpath(head), '')
+        return st, real_head + tail
+
+    def read(self, directories):
+        """Read _InstanceDirectory entries; return {path: _Directory}.
+
+        Directories that are gone meanwhile are left out.
+        """
+        found = {}
         links = []
-        for path in paths:
-            directory = _Directory(signature=_signature(path))
+        for instance_directory in directories:
+            path = instance_directory.path
+            signature, stats = _directory_state(instance_directory)
+            directory = _Directory(signature=signature)
             try:
                 names = os.listdir(path)
             except OSError as e:
@@ -470,24 +676,48 @@ class _Reader:
                     continue
                 directory.doubt(path, 'cannot list instance directory: %s' %
                                 e.strerror)
-                directories[path] = directory
+                found[path] = directory
                 continue
-            directories[path] = directory
-            links.extend(self._read_directory(directory, path, set(names)))
+            found[path] = directory
+            if instance_directory.real_path is not None:
+                self._real_dirs[path] = instance_directory.real_path + os.sep
+            links.extend(self._read_directory(directory, path, set(names),
+                                              stats))
         self._follow_chains(links)
-        return directories
+        return found
 
-    def _read_directory(self, directory, path, names):
+    def unchanged(self, directory):
+        """Whether the inputs of ``directory`` are as they were read."""
+        try:
+            for kind, path, was in directory.inputs:
+                if kind == _READ:
+                    st = _stat(path)
+                    if st is None or _version(st) != was:
+                        return False
+                elif kind == _RESOLVED:
+                    st, real_path = self._resolve(path)
+                    if st is None or (real_path,
+                                      stat.S_IFMT(st.st_mode)) != was:
+                        return False
+                elif os.path.realpath(path) != was:
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def _read_directory(self, directory, path, names, stats):
         formats = {}
         if DISK_INFO in names:
-            formats = self._read_disk_info(directory, path)
+            formats = self._read_disk_info(directory, path,
+                                           stats[DISK_INFO])
         if LIBVIRT_XML in names:
-            self._read_libvirt_xml(directory, os.path.join(path, LIBVIRT_XML))
+            self._read_libvirt_xml(directory, os.path.join(path, LIBVIRT_XML),
+                                   stats[LIBVIRT_XML])
         links = []
         for name in sorted(names):
             if not (_DISK_NAME.fullmatch(name) or name in formats):
                 continue
-            disk = os.path.join(path, name)
+            disk = path + os.sep + name
             if name in formats and formats[name] is None:
                 directory.doubt(disk, 'disk.info records conflicting '
                                 'formats for this disk')
@@ -497,30 +727,28 @@ class _Reader:
                 links.append(link)
         return links
 
-    def _read_disk_info(self, directory, path):
+    def _read_disk_info(self, directory, path, st):
         disk_info = os.path.join(path, DISK_INFO)
         try:
-            data = _read_small_file(disk_info)
-            return parse_disk_info(data, path) if data is not None else {}
+            formats = self.parsed_files.read(
+                disk_info, st, lambda data: parse_disk_info(data, path))
         except (OSError, ValueError) as e:
             directory.doubt(disk_info, 'cannot read disk.info: %s' % e)
             return {}
+        return {} if formats is None else formats
 
-    def _read_libvirt_xml(self, directory, path):
+    def _read_libvirt_xml(self, directory, path, st):
         try:
-            data = _read_small_file(path)
-            metadata = parse_libvirt_xml(data) if data is not None else None
+            metadata = self.parsed_files.read(path, st, parse_libvirt_xml)
         except (OSError, ValueError) as e:
             directory.doubt(path, 'cannot read libvirt.xml: %s' % e)
             return
         if metadata is not None:
             self._metadata_references(directory, metadata, path)
 
-    def _metadata_references(self, directory, metadata, source):
-        for name, reason in cache_names_for(metadata, self.cache_names):
-            directory.references.append(facts.Reference(
-                name=name, source=source,
-                reason='%s in %s' % (reason, source)))
+    @staticmethod
+    def _metadata_references(directory, metadata, source):
+        directory.metadata.append((metadata, source))
 
     def read_domains(self, domains):
         """Return a _Directory of evidence for each of ``domains``."""
@@ -560,7 +788,7 @@ class _Reader:
         in an instance directory only regular files are disks.
         """
         try:
-            st = _stat(disk)
+            st, real_path = self._resolve(disk)
         except OSError as e:
             directory.doubt(disk, 'cannot stat disk: %s' % e.strerror)
             return None
@@ -570,6 +798,8 @@ class _Reader:
                 (owner is not None and stat.S_ISBLK(st.st_mode))):
             LOG.debug('Skipping %s: not a regular file', disk)
             return None
+        if fmt is None or inspect.has_backing(fmt):
+            directory.read(disk, st)
         if fmt is None:
             try:
                 fmt = self.inspector.detect_format(disk)
@@ -580,7 +810,6 @@ class _Reader:
                 return None
         if not inspect.has_backing(fmt):
             return None
-        real_path = os.path.realpath(disk)
         return _Link(directory=directory, disk=disk, path=disk,
                      real_path=real_path, fmt=fmt, chain=(disk,),
                      seen=frozenset([real_path]), owner=owner)
@@ -618,8 +847,11 @@ class _Reader:
         # nova re-roots a backing file by its name into the current cache
         # directory (instances_path may have moved), and hard reboot brings
         # a missing one back from there, so the name is what is in use.
+        # Whether the name is in the cache changes from pass to pass.
+        link.directory.carried = False
         name = os.path.basename(path)
-        if name not in self.cache_names and not self._in_cache_dir(path):
+        if name not in self.cache_names and not self._in_cache_dir(
+                os.path.realpath(path)):
             LOG.debug('Backing file %s of %s does not exist', path,
                       link.disk)
             return
@@ -635,8 +867,9 @@ class _Reader:
             link.directory.doubt(link.disk, 'data file %r of %s is not a '
                                  'local file' % (name, link.path))
             return
-        real_path = os.path.realpath(
-            os.path.join(os.path.dirname(link.path), name))
+        path = os.path.join(os.path.dirname(link.path), name)
+        real_path = os.path.realpath(path)
+        link.directory.inputs.append((_REAL_PATH, path, real_path))
         if self._in_cache_dir(real_path):
             self._reference(link, os.path.basename(real_path),
                             link.chain + (real_path,),
@@ -668,7 +901,7 @@ class _Reader:
             return None
         path = os.path.join(os.path.dirname(link.path), backing)
         try:
-            st = _stat(path)
+            st, real_path = self._resolve(path)
         except OSError as e:
             directory.doubt(link.disk, 'cannot stat backing file %s: %s' %
                             (path, e.strerror))
@@ -676,7 +909,8 @@ class _Reader:
         if st is None:
             self._backing_not_found(link, link.chain, path)
             return None
-        real_path = os.path.realpath(path)
+        directory.inputs.append(
+            (_RESOLVED, path, (real_path, stat.S_IFMT(st.st_mode))))
         if real_path in link.seen:
             directory.doubt(link.disk, 'backing chain loops at %s' % path)
             return None
@@ -693,6 +927,8 @@ class _Reader:
                             'file' % path)
             return None
         fmt = result.backing_format
+        if fmt is None or inspect.has_backing(fmt):
+            directory.read(path, st)
         if fmt is None:
             try:
                 fmt = self.inspector.detect_format(path)
@@ -714,11 +950,12 @@ class Inventory:
     instance directories (besides the cache directory and ``locks``).
     ``domain_source``, if given, lists the domains defined on the host: an
     object with a ``domains()`` method that returns Domains or raises
-    DomainsUnavailable. It is asked again at every recheck.
+    DomainsUnavailable. It is asked again at every recheck. ``memory`` is
+    the Memory of the previous passes, if any.
     """
 
     def __init__(self, instances_path, cache_dir, inspector, excluded=(),
-                 domain_source=None):
+                 domain_source=None, memory=None):
         self.instances_path = instances_path
         self.cache_dir = cache_dir
         self.inspector = inspector
@@ -726,7 +963,8 @@ class Inventory:
                          os.path.join(instances_path, LOCKS_DIR)) + tuple(
                              excluded)
         self.domain_source = domain_source
-        self._cache_names = frozenset()
+        self.memory = Memory() if memory is None else memory
+        self._cache_names = CacheNames(())
         self._directories = {}
         self._domains = {}
         self._doubts = []
@@ -739,40 +977,75 @@ class Inventory:
         expand name patterns (resized variants, ephemeral files).
         """
         with self._lock:
-            self._cache_names = frozenset(cache_names)
-            self._directories = {}
+            self._cache_names = self.memory.cache_names_of(cache_names)
+            self._directories = self._carried()
             self._domains = {}
+            self.memory.parsed_files.new_pass()
             self._refresh(self._cache_names)
+            self.memory.directories = self._directories
+            # Every disk was looked at: what the cache holds about others
+            # is of no more use.
+            self.inspector.save(prune=True)
             usage = facts.Usage()
             for doubt in self._all_doubts():
                 usage.add_doubt(doubt)
             for directory in self._evidence():
-                for reference in directory.references:
+                for reference in directory.all_references(self._cache_names):
                     usage.add_reference(reference)
             return usage
+
+    def _carried(self):
+        """The evidence of the last pass that may serve this one.
+
+        What had doubts is read again (the cause may be gone), and nothing
+        when the cache directory is another one.
+        """
+        key = (self.cache_dir, os.path.realpath(self.cache_dir),
+               _identity(self.cache_dir))
+        if key != self.memory.cache_dir_key:
+            self.memory.cache_dir_key = key
+            return {}
+        return {path: directory
+                for path, directory in self.memory.directories.items()
+                if directory.carried and not directory.doubts}
 
     def instance_directories(self):
         """List the instance directories a pass reads, as paths."""
         with self._lock:
-            return self._instance_directories()
+            return [d.path for d in self._instance_directories()]
 
     def recheck(self, name):
         """Return (references, doubts) for cache file ``name`` right now.
 
         Meant to run under nova's lock for ``name``, just before removing
         it. Directories that are new or changed since the last collect or
-        recheck are read again; the others cost a stat. The domains are
-        listed again; those whose definition changed are read again.
+        recheck are read again; the others cost three stats. The domains
+        are listed again; those whose definition changed are read again.
+        """
+        return self.recheck_many([name])[name]
+
+    def recheck_many(self, names):
+        """Return {name: (references, doubts)} for cache files, right now.
+
+        One recheck for them all: meant to run under nova's locks for all
+        of ``names``.
         """
         with self._lock:
-            self._refresh(self._cache_names | {name})
-            references = [reference
-                          for directory in self._evidence()
-                          for reference in directory.references
-                          if reference.name == name]
-            doubts = [doubt for doubt in self._all_doubts()
-                      if doubt.names is None or name in doubt.names]
-            return references, doubts
+            cache_names = self._cache_names
+            if not cache_names.names.issuperset(names):
+                cache_names = CacheNames(cache_names.names.union(names))
+            self._refresh(cache_names)
+            self.inspector.save()
+            found = {name: ([], []) for name in names}
+            for directory in self._evidence():
+                for reference in directory.all_references(cache_names):
+                    if reference.name in found:
+                        found[reference.name][0].append(reference)
+            for doubt in self._all_doubts():
+                for name in (found if doubt.names is None else
+                             [n for n in doubt.names if n in found]):
+                    found[name][1].append(doubt)
+            return found
 
     def _evidence(self):
         return list(self._directories.values()) + list(
@@ -828,18 +1101,22 @@ class Inventory:
 
     def _read_changed(self, cache_names):
         self._doubts = []
+        reader = _Reader(self.inspector, self.cache_dir, cache_names,
+                         self.memory.parsed_files)
         current = {}
         changed = []
-        for path in self._instance_directories():
-            known = self._directories.get(path)
+        for directory in self._instance_directories():
+            known = self._directories.get(directory.path)
             if (known is not None and known.signature is not None and
-                    known.signature == _signature(path)):
-                current[path] = known
+                    known.signature == _directory_state(directory)[0] and
+                    reader.unchanged(known)):
+                current[directory.path] = known
             else:
-                changed.append(path)
-        reader = _Reader(self.inspector, self.cache_dir, cache_names)
+                changed.append(directory)
         current.update(reader.read(changed))
-        self._directories = current
+        # In path order whatever was read again, so that the first of a
+        # file's references, which a report shows, does not depend on it.
+        self._directories = dict(sorted(current.items()))
         self._domains = self._refresh_domains(reader)
 
     def _refresh_domains(self, reader):
@@ -871,9 +1148,13 @@ class Inventory:
         return identities
 
     def _instance_directories(self):
-        """List the instance directories: every directory not excluded."""
+        """List the instance directories: every directory not excluded.
+
+        Returns _InstanceDirectory entries sorted by path.
+        """
         try:
-            names = os.listdir(self.instances_path)
+            with os.scandir(self.instances_path) as iterator:
+                entries = sorted(iterator, key=lambda entry: entry.name)
         except OSError as e:
             if e.errno in _GONE:
                 return []
@@ -882,16 +1163,22 @@ class Inventory:
                 message='cannot list instances path: %s' % e.strerror))
             return []
         excluded = self._excluded_identities()
-        paths = []
-        for name in sorted(names):
-            path = os.path.join(self.instances_path, name)
+        real_prefix = os.path.join(
+            os.path.realpath(self.instances_path), '')
+        directories = []
+        for entry in entries:
+            path = entry.path
             try:
-                st = _stat(path)
+                st = entry.stat()
+                symlink = entry.is_symlink()
             except OSError as e:
+                if e.errno in _GONE:
+                    continue
                 self._doubts.append(facts.Doubt(
                     source=path, message='cannot stat: %s' % e.strerror))
                 continue
-            if (st is not None and stat.S_ISDIR(st.st_mode) and
+            if (stat.S_ISDIR(st.st_mode) and
                     (st.st_dev, st.st_ino) not in excluded):
-                paths.append(path)
-        return paths
+                directories.append(_InstanceDirectory(
+                    path, st, None if symlink else real_prefix + entry.name))
+        return directories

@@ -27,6 +27,7 @@ from cachekeeper.cache import execute
 from cachekeeper.cache import domains
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
+from cachekeeper.cache import inspect_cache
 from cachekeeper.cache import inventory
 from cachekeeper.cache import plan
 from cachekeeper.cache import registry
@@ -80,6 +81,12 @@ class CacheManager:
         self.coordinator = coordinator
         self._warnings = {}
         self.images = glance.ImageService(conf)
+        # These survive from pass to pass: unchanged cache entries, disks
+        # and instance directories are not read again.
+        self._inspection_cache = inspect_cache.InspectionCache(
+            scrub_queue.state_db)
+        self._inventory_memory = inventory.Memory()
+        self._last_scan = {}
 
     def evaluate(self):
         """Scan, inventory and plan; touch nothing.
@@ -87,7 +94,8 @@ class CacheManager:
         Raises OSError when the cache directory itself cannot be listed.
         """
         directory = cache_dir(self.conf)
-        base_files = scan.scan(directory)
+        base_files = scan.scan(directory, previous=self._last_scan)
+        self._last_scan = {b.name: b for b in base_files}
         instance_inventory = self._inventory()
         usage = instance_inventory.collect(b.name for b in base_files)
         # Hosts that share the cache and cannot be known hold removals back.
@@ -128,9 +136,11 @@ class CacheManager:
         # Built per pass so that a reloaded configuration applies.
         return inventory.Inventory(
             self.conf.instances_path, cache_dir(self.conf),
-            inspect.Inspector.from_conf(self.conf),
+            inspect.Inspector.from_conf(self.conf,
+                                        cache=self._inspection_cache),
             excluded=(self.conf.scrubber.quarantine_dir,),
-            domain_source=domains.LibvirtSource.from_conf(self.conf))
+            domain_source=domains.LibvirtSource.from_conf(self.conf),
+            memory=self._inventory_memory)
 
     def orphans(self):
         """Match instance directories and libvirt domains.
@@ -200,7 +210,9 @@ class CacheManager:
             result.bytes_reclaimed = drained.bytes_reclaimed + removed_bytes
             result.parked = drained.parked
             result.errors.extend(drained.errors)
-        after = self._scan_after()
+        # A dry run changed nothing: the cache is as the pass found it.
+        after = (evaluation.base_files if dry_run and evaluation is not None
+                 else self._scan_after())
         if after is not None:
             result.cache = status.cache_usage(after)
         if evaluation is not None and evaluation.budget_outcome is not None:

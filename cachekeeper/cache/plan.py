@@ -26,7 +26,9 @@ from cachekeeper.cache import facts
 _IMAGE_VARIANT_KINDS = (facts.RESIZED, facts.LEGACY_SM)
 _SHA1_LENGTH = 40
 
-_DURATION_UNITS = (('d', 86400), ('h', 3600), ('m', 60), ('s', 1))
+# (unit, its seconds, the next smaller unit, its seconds).
+_DURATION_UNITS = (('d', 86400, 'h', 3600), ('h', 3600, 'm', 60),
+                   ('m', 60, 's', 1))
 
 DELETED_IN_GLANCE = 'image deleted in Glance'
 
@@ -65,18 +67,16 @@ def policy_from_conf(conf):
 
 def format_duration(seconds):
     """Render a number of seconds as '2h', '1d 3h' or '45s'."""
+    # Every pass renders two per cache file: kept simple and fast.
     seconds = int(seconds)
-    for index, (suffix, size) in enumerate(_DURATION_UNITS):
-        if seconds < size:
-            continue
-        text = '%d%s' % (seconds // size, suffix)
-        if index + 1 < len(_DURATION_UNITS):
-            next_suffix, next_size = _DURATION_UNITS[index + 1]
-            rest = seconds % size // next_size
+    for suffix, size, next_suffix, next_size in _DURATION_UNITS:
+        if seconds >= size:
+            whole, rest = divmod(seconds, size)
+            rest //= next_size
             if rest:
-                text += ' %d%s' % (rest, next_suffix)
-        return text
-    return '0s'
+                return '%d%s %d%s' % (whole, suffix, rest, next_suffix)
+            return '%d%s' % (whole, suffix)
+    return '%ds' % seconds if seconds > 0 else '0s'
 
 
 def references_reason(references):

@@ -27,14 +27,21 @@ from cachekeeper.cache import facts
 LOG = logging.getLogger(__name__)
 
 _SHA1 = '[0-9a-f]{40}'
+# Tried in order: the first that matches the whole name gives the kind.
 _NAME_PATTERNS = (
-    (re.compile(_SHA1), facts.ORIGINAL),
-    (re.compile(_SHA1 + '_[0-9]+'), facts.RESIZED),
-    (re.compile(_SHA1 + '_sm'), facts.LEGACY_SM),
-    (re.compile('swap_[0-9]+'), facts.SWAP),
-    (re.compile('ephemeral_[0-9]+_[0-9a-f]{7}'), facts.EPHEMERAL),
-    (re.compile(r'.+\.(part|converted|tmp)', re.DOTALL), facts.RESIDUE),
+    (_SHA1, facts.ORIGINAL),
+    (_SHA1 + '_[0-9]+', facts.RESIZED),
+    (_SHA1 + '_sm', facts.LEGACY_SM),
+    ('swap_[0-9]+', facts.SWAP),
+    ('ephemeral_[0-9]+_[0-9a-f]{7}', facts.EPHEMERAL),
+    (r'.+\.(?:part|converted|tmp)', facts.RESIDUE),
 )
+# All in one expression, one group per kind: the alternatives of a regular
+# expression are tried in order too.
+_NAME = re.compile('|'.join('(%s)' % pattern for pattern, _kind in
+                            _NAME_PATTERNS), re.DOTALL)
+_KINDS = {index + 1: kind for index, (_pattern, kind) in
+          enumerate(_NAME_PATTERNS)}
 
 _FILE_TYPES = (
     (stat.S_ISREG, 'file'),
@@ -58,15 +65,17 @@ def classify(name, mode):
     """Return the kind of a cache entry from its name and lstat mode."""
     if not stat.S_ISREG(mode):
         return facts.FOREIGN
-    for pattern, kind in _NAME_PATTERNS:
-        if pattern.fullmatch(name):
-            return kind
-    return facts.FOREIGN
+    match = _NAME.fullmatch(name)
+    return facts.FOREIGN if match is None else _KINDS[match.lastindex]
 
 
-def base_file(path, st):
-    """Build the BaseFile for ``path`` from its lstat result."""
-    name = os.path.basename(path)
+def base_file(path, st, name=None):
+    """Build the BaseFile for ``path`` from its lstat result.
+
+    ``name`` is the base name of ``path``, if known.
+    """
+    if name is None:
+        name = os.path.basename(path)
     return facts.BaseFile(
         name=name,
         path=path,
@@ -79,11 +88,23 @@ def base_file(path, st):
         ino=st.st_ino)
 
 
-def scan(cache_dir):
+def _unchanged(known, path, st):
+    """Whether the BaseFile ``known`` describes ``path`` with lstat ``st``."""
+    return (known.ino == st.st_ino and known.dev == st.st_dev
+            and known.mtime == st.st_mtime and known.size == st.st_size
+            and known.allocated == st.st_blocks * 512
+            and known.path == path
+            and known.file_type == file_type(st.st_mode))
+
+
+def scan(cache_dir, previous=None):
     """Return a BaseFile for every entry of ``cache_dir``, sorted by name.
 
     A missing cache directory is an empty cache. An entry that vanishes
     while the directory is read is left out: it is no longer there to age.
+    ``previous`` maps names to the BaseFiles of an earlier scan: an entry
+    whose lstat still says the same is returned as that (immutable)
+    BaseFile, which spares a daemon building thousands again each pass.
     """
     entries = []
     try:
@@ -97,6 +118,9 @@ def scan(cache_dir):
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            entries.append(base_file(entry.path, st))
+            known = previous.get(entry.name) if previous else None
+            if known is None or not _unchanged(known, entry.path, st):
+                known = base_file(entry.path, st, entry.name)
+            entries.append(known)
     entries.sort(key=lambda b: b.name)
     return entries

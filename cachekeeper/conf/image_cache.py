@@ -196,6 +196,22 @@ after a pass. Images carrying ``[glance] pin_property`` are pinned too.
         help="""
 How many disk inspections (``qemu-img info``) run at the same time.
 """),
+    cfg.StrOpt('inspect_method',
+        default='auto',
+        choices=[
+            ('auto', 'Read the backing file of a plain qcow2 disk from its '
+                     'header; ask qemu-img about every other disk, and '
+                     'about any qcow2 header the reader does not fully '
+                     'understand.'),
+            ('qemu-img', 'Ask qemu-img about every disk.'),
+        ],
+        mutable=True,
+        help="""
+How a disk's backing file is found. Either way an answer is kept in the state
+database and used again while the disk does not change (same inode, size,
+modification and change time), so a pass over unchanged disks starts no
+``qemu-img``.
+"""),
     cfg.IntOpt('inspect_timeout',
         default=60,
         min=1,

@@ -78,6 +78,21 @@ MIGRATIONS = (
                name TEXT PRIMARY KEY,
                value INTEGER NOT NULL)''',
     ),
+    (
+        # The inspection cache (see cachekeeper.cache.inspect_cache).
+        '''CREATE TABLE inspection (
+               dev INTEGER NOT NULL,
+               ino INTEGER NOT NULL,
+               format TEXT NOT NULL,
+               size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL,
+               ctime_ns INTEGER NOT NULL,
+               method TEXT NOT NULL,
+               backing_file TEXT,
+               backing_format TEXT,
+               data_file TEXT,
+               PRIMARY KEY (dev, ino, format))''',
+    ),
 )
 
 

@@ -50,6 +50,7 @@ class StandInInventory:
     def __init__(self):
         self.usage = facts.Usage()
         self.rechecked = []
+        self.batches = []
         self.on_recheck = None
 
     def collect(self, cache_names):
@@ -61,6 +62,10 @@ class StandInInventory:
             self.on_recheck(name)
         return (tuple(self.usage.references_to(name)),
                 self.usage.doubts_about(name))
+
+    def recheck_many(self, names):
+        self.batches.append(list(names))
+        return {name: self.recheck(name) for name in names}
 
 
 class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
@@ -324,6 +329,43 @@ class ExecuteTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.assertEqual(facts.QUEUED,
                          self.verdicts(outcome['result'])[UNUSED][0])
         self.assertFalse(os.path.lexists(self.path(UNUSED)))
+
+    def test_removals_are_rechecked_in_batches_under_all_their_locks(self):
+        names = ['%02x' % i * 20 for i in range(5)]
+        for name in names:
+            self.make_file(name)
+        held = []
+        self.inventory.on_recheck = lambda name: held.append(
+            test_locks.lock_is_busy(self.lock_path(name)))
+        result = self.execute(self.plan())
+        self.assertEqual([names], self.inventory.batches)
+        self.assertEqual([True] * 5, held)
+        self.assertEqual({facts.QUEUED},
+                         {f.verdict for f in result.files})
+        self.assertEqual([], os.listdir(self.cache_dir))
+        self.assertFalse(any(test_locks.lock_is_busy(self.lock_path(n))
+                             for n in names))
+
+    def test_batch_ends_before_a_busy_lock_which_is_waited_for_alone(self):
+        first, busy, last = ('%02x' % i * 20 for i in range(3))
+        for name in (first, busy, last):
+            self.make_file(name)
+        decisions = self.plan()
+        holder = self.useFixture(test_locks.HeldLock(self.lock_path(busy)))
+        worker, outcome = self.execute_in_thread(decisions)
+        worker.join(0.5)
+        self.assertTrue(worker.is_alive())
+        # Removed already; the pass now waits for the busy lock holding
+        # no other lock.
+        self.assertFalse(os.path.lexists(self.path(first)))
+        self.assertFalse(test_locks.lock_is_busy(self.lock_path(last)))
+        holder.release()
+        worker.join(10)
+        self.assertEqual({facts.QUEUED},
+                         {v for v, _r in
+                          self.verdicts(outcome['result']).values()})
+        self.assertEqual([[first], [last]], self.inventory.batches)
+        self.assertEqual([first, busy, last], self.inventory.rechecked)
 
     def test_file_touched_by_the_lock_holder_is_kept(self):
         self.make_file(UNUSED)

@@ -741,3 +741,167 @@ def test_recheck_sees_libvirt_xml_rewritten_in_place(host):
 
     references, _doubts = host.inventory.recheck(IMAGE_SHA1)
     assert [r.source for r in references] == [str(xml)]
+
+
+def test_recheck_many_reads_once_for_all_names(host):
+    for name in ('A', 'B', 'C'):
+        host.base(name)
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', host.cache / 'A')
+    host.backdate()
+    host.collect()
+    new = host.instance('new')
+    host.overlay(new / 'disk', host.cache / 'B')
+    broken = host.instance('broken')
+    (broken / 'libvirt.xml').write_text('<domain>')
+    calls = host.inspector.qemu_img_calls
+
+    found = host.inventory.recheck_many(['A', 'B', 'C'])
+
+    assert host.inspector.qemu_img_calls == calls + 1
+    assert {name: [r.source for r in references]
+            for name, (references, _doubts) in found.items()} == {
+        'A': [str(inst / 'disk')], 'B': [str(new / 'disk')], 'C': []}
+    assert {name: [d.source for d in doubts]
+            for name, (_references, doubts) in found.items()} == {
+        name: [str(broken / 'libvirt.xml')] for name in 'ABC'}
+
+
+def parsed(files, path, calls):
+    def parse(data):
+        calls.append(data)
+        if data == b'bad':
+            raise ValueError('bad content')
+        return data.upper()
+    return files.read(str(path), os.stat(path), parse)
+
+
+def test_parsed_files_parse_a_file_once_while_unchanged(tmp_path):
+    path = tmp_path / 'libvirt.xml'
+    path.write_bytes(b'one')
+    files = inventory.ParsedFiles(
+        clock=lambda: time.time_ns() + 10 * 10 ** 9)
+    calls = []
+    assert [parsed(files, path, calls) for _ in range(2)] == [b'ONE'] * 2
+    assert calls == [b'one']
+
+    with open(path, 'r+b') as f:
+        f.write(b'two')
+    assert [parsed(files, path, calls) for _ in range(2)] == [b'TWO'] * 2
+    path.write_bytes(b'bad')
+    for _ in range(2):
+        with pytest.raises(ValueError, match='bad content'):
+            parsed(files, path, calls)
+    assert calls == [b'one', b'two', b'bad']
+
+    # Used in the pass before the last: kept. Unused for a whole pass:
+    # dropped.
+    files.new_pass()
+    with pytest.raises(ValueError):
+        parsed(files, path, calls)
+    files.new_pass()
+    files.new_pass()
+    with pytest.raises(ValueError):
+        parsed(files, path, calls)
+    assert calls == [b'one', b'two', b'bad', b'bad']
+
+
+def test_parsed_files_read_recently_changed_files_again(tmp_path):
+    path = tmp_path / 'disk.info'
+    path.write_bytes(b'one')
+    files = inventory.ParsedFiles()
+    calls = []
+    assert [parsed(files, path, calls) for _ in range(2)] == [b'ONE'] * 2
+    assert calls == [b'one', b'one']
+
+
+def next_pass(host, memory):
+    """collect() as the next pass of a daemon: a new Inventory."""
+    host.inventory = inventory.Inventory(
+        str(host.instances), str(host.cache), host.inspector, memory=memory)
+    return host.collect()
+
+
+def test_next_pass_reads_only_what_changed(host):
+    for name in ('A', 'B', 'C'):
+        host.base(name)
+    same = host.instance('same')
+    host.overlay(same / 'disk', host.cache / 'A')
+    rebased = host.instance('rebased')
+    host.overlay(rebased / 'disk', host.cache / 'A')
+    host.backdate()
+    backdate_disks(host)
+    memory = inventory.Memory()
+    next_pass(host, memory)
+    calls = host.inspector.qemu_img_calls
+
+    assert sources(next_pass(host, memory)) == {
+        'A': [str(rebased / 'disk'), str(same / 'disk')]}
+    assert host.inspector.qemu_img_calls == calls
+
+    # In place: the directory's times do not change, the disk's do.
+    qemu_img('rebase', '-u', '-F', 'raw', '-b', host.cache / 'B',
+             rebased / 'disk')
+    host.overlay(host.instance('new') / 'disk', host.cache / 'C')
+    assert sources(next_pass(host, memory)) == {
+        'A': [str(same / 'disk')], 'B': [str(rebased / 'disk')],
+        'C': [str(host.instances / 'new' / 'disk')]}
+    assert host.inspector.qemu_img_calls == calls + 2
+
+
+def backdate_disks(host):
+    past = time.time() - 3600
+    for path in host.instances.glob('*/disk*'):
+        os.utime(path, (past, past))
+    # Their change times are now: wait them past the racy window.
+    time.sleep(inventory.RACY_SECONDS + 0.1)
+
+
+def test_next_pass_expands_metadata_for_new_cache_files(host):
+    (host.cache / IMAGE_SHA1).write_bytes(b'')
+    inst = host.instance('inst')
+    (inst / 'libvirt.xml').write_text(
+        LIBVIRT_XML % ('1.1', 0, 0, 'image', IMAGE_ID))
+    host.backdate()
+    memory = inventory.Memory()
+    assert set(next_pass(host, memory).references) == {IMAGE_SHA1}
+
+    (host.cache / (IMAGE_SHA1 + '_10737418240')).write_bytes(b'')
+    assert set(next_pass(host, memory).references) == {
+        IMAGE_SHA1, IMAGE_SHA1 + '_10737418240'}
+
+
+def test_next_pass_reads_again_what_had_doubts(host, fake_bin, tmp_path):
+    failing = tmp_path / 'failing'
+    failing.write_text('')
+    install_fake_qemu_img(fake_bin, """
+        [ -e %s ] && exit 1
+        exec %s "$@"
+    """ % (failing, QEMU_IMG))
+    host.base('A')
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', host.cache / 'A')
+    host.backdate()
+    backdate_disks(host)
+    memory = inventory.Memory()
+    first = next_pass(host, memory)
+    assert [d.source for d in first.doubts] == [str(inst / 'disk')]
+
+    failing.unlink()
+    second = next_pass(host, memory)
+    assert second.doubts == []
+    assert sources(second) == {'A': [str(inst / 'disk')]}
+
+
+def test_next_pass_reads_again_a_chain_whose_backing_is_missing(
+        host, tmp_path):
+    # nova re-roots a missing backing file into the cache by its name.
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', tmp_path / 'gone' / 'B', unsafe=True)
+    host.backdate()
+    backdate_disks(host)
+    memory = inventory.Memory()
+    assert next_pass(host, memory).references == {}
+
+    (host.cache / 'B').write_bytes(b'')
+    assert sources(next_pass(host, memory)) == {'B': [str(inst / 'disk')]}

@@ -34,6 +34,7 @@ import pytest
 
 from cachekeeper.cache import facts
 from tests.functional.cache import hosttree
+from tests.functional.cache import test_qcow2
 
 MINUTE = hosttree.MINUTE
 HOUR = hosttree.HOUR
@@ -371,7 +372,7 @@ SCENARIOS = [
     Scenario('one disk qemu-img fails on',
              unreadable(readable_overlay),
              UNREADABLE_VERDICTS, UNREADABLE_REASONS, exit_code=None,
-             fake_qemu_img=True),
+             options={'inspect_method': 'qemu-img'}, fake_qemu_img=True),
     Scenario('qcow2 disk with an external data file',
              external_data_file,
              {ROOT: IN_USE, UNUSED: IN_USE}),
@@ -453,6 +454,9 @@ def test_scenario(scenario, tmp_path):
     host = hosttree.HostTree(tmp_path / 'host')
     host.write_config(**scenario.options)
     scenario.build(host)
+    # The header reader (inspect_method = auto) answers as qemu-img would
+    # on every disk the scenario made.
+    test_qcow2.assert_reader_agrees_with_qemu_img(host.instances_path)
     path_prefix = None
     if scenario.fake_qemu_img:
         path_prefix = fake_qemu_img_dir(tmp_path / 'bin')

@@ -134,6 +134,20 @@ def test_cache_names_for_swap_and_ephemeral():
                                           names)) == []
 
 
+def test_cache_names_index_matches_nova_patterns_only():
+    names = inventory.CacheNames([
+        IMAGE_SHA1, IMAGE_SHA1 + '_sm', IMAGE_SHA1 + '_10', IMAGE_SHA1 + '_',
+        IMAGE_SHA1 + '_1a', IMAGE_SHA1 + '_\u0661', 'x' + IMAGE_SHA1 + '_2',
+        'ephemeral_1_0706d66', 'ephemeral_1_', 'ephemeral_1',
+        'ephemeral_01_0706d66', 'ephemeral_10_0706d66', 'ephemeral__x'])
+    assert names.variants == {IMAGE_SHA1: [IMAGE_SHA1 + '_10',
+                                           IMAGE_SHA1 + '_sm']}
+    metadata = inventory.NovaMetadata(ephemeral_gb=1)
+    assert [name for name, _reason in inventory.cache_names_for(
+        metadata, names)] == ['ephemeral_1_', 'ephemeral_1_0706d66']
+    assert IMAGE_SHA1 in names and 'swap_1' not in names
+
+
 LIVE_DOMAIN_XML = '''<domain type='kvm' id='7'>
   <name>instance-00000007</name>
   <uuid>8e5c3f5e-5d2a-4a53-9bb0-6a7d3b0c1f11</uuid>
