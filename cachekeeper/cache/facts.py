@@ -18,6 +18,7 @@ carry the verdicts out and tell about them.
 """
 
 import dataclasses
+import functools
 
 # Kinds of image cache entries, from their names (scan.classify).
 ORIGINAL = 'original'
@@ -145,6 +146,11 @@ class Policy:
     residue_min_age: int = None
 
     def min_age(self, kind):
+        return self._min_ages.get(kind)
+
+    @functools.cached_property
+    def _min_ages(self):
+        # Asked for every file of every pass: built once.
         return {
             ORIGINAL: self.original_min_age,
             RESIZED: self.resized_min_age,
@@ -152,7 +158,7 @@ class Policy:
             SWAP: self.swap_min_age,
             EPHEMERAL: self.ephemeral_min_age,
             RESIDUE: self.residue_min_age,
-        }.get(kind)
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -620,6 +620,7 @@ class _Reader:
         self._inspected = {}
         self._parent_identities = {}
         self._real_dirs = {}
+        self._resolved = {}
 
     def _in_cache_dir(self, real_path):
         """Whether ``real_path`` (a real path) is in the cache directory.
@@ -639,8 +640,15 @@ class _Reader:
         """Return the stat (following symlinks) and real path of ``path``.
 
         (None, None) if it is not there; raises OSError when it cannot be
-        stat'ed. The real path of each directory is resolved once per read.
+        stat'ed. Each path, and the real path of each directory, is
+        resolved once per read: many disks share a backing file.
         """
+        resolved = self._resolved.get(path)
+        if resolved is None:
+            resolved = self._resolved[path] = self._resolve_now(path)
+        return resolved
+
+    def _resolve_now(self, path):
         try:
             st = os.lstat(path)
         except OSError as e:
@@ -1012,7 +1020,7 @@ class Inventory:
     def instance_directories(self):
         """List the instance directories a pass reads, as paths."""
         with self._lock:
-            return [d.path for d in self._instance_directories()]
+            return [d.path for d in self._list()[1]]
 
     def recheck(self, name):
         """Return (references, doubts) for cache file ``name`` right now.
@@ -1066,46 +1074,27 @@ class Inventory:
         each read, and what changed meanwhile is read again. If it never
         stands still, nothing may be removed.
         """
+        listing, directories, doubts = self._list()
         for _attempt in range(MAX_READS):
-            listing = self._listing()
-            self._read_changed(cache_names)
-            if self._listing() == listing:
+            self._read_changed(cache_names, directories, doubts)
+            # The listing after this read is the one before the next.
+            after, directories, doubts = self._list()
+            if after == listing:
                 return
+            listing = after
         self._doubts.append(facts.Doubt(
             source=self.instances_path,
             message='instance directories kept changing while they were '
                     'read'))
 
-    def _listing(self):
-        """Inode and change time of each entry of instances_path by name.
-
-        The change time moves when an entry is renamed, even back to its
-        old name. The directories a pass does not read are left out: they
-        change all the time. None when instances_path cannot be listed.
-        """
-        excluded = self._excluded_identities()
-        listing = {}
-        try:
-            with os.scandir(self.instances_path) as entries:
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        listing[entry.name] = None
-                        continue
-                    if (st.st_dev, st.st_ino) not in excluded:
-                        listing[entry.name] = (st.st_ino, st.st_ctime_ns)
-        except OSError:
-            return None
-        return listing
-
-    def _read_changed(self, cache_names):
-        self._doubts = []
+    def _read_changed(self, cache_names, directories, doubts):
+        """Read the ``directories`` (from _list) that changed."""
+        self._doubts = list(doubts)
         reader = _Reader(self.inspector, self.cache_dir, cache_names,
                          self.memory.parsed_files)
         current = {}
         changed = []
-        for directory in self._instance_directories():
+        for directory in directories:
             known = self._directories.get(directory.path)
             if (known is not None and known.signature is not None and
                     known.signature == _directory_state(directory)[0] and
@@ -1147,38 +1136,50 @@ class Inventory:
                 identities.add((st.st_dev, st.st_ino))
         return identities
 
-    def _instance_directories(self):
-        """List the instance directories: every directory not excluded.
+    def _list(self):
+        """List instances_path: return (listing, directories, doubts).
 
-        Returns _InstanceDirectory entries sorted by path.
+        ``listing`` has the inode and change time of each entry by name
+        (the change time moves when an entry is renamed, even back to its
+        old name), without the directories a pass does not read: they
+        change all the time; it is None when instances_path cannot be
+        listed. ``directories`` are the instance directories, every
+        directory not excluded, as _InstanceDirectory entries sorted by
+        path; ``doubts`` say what could not be stat'ed.
         """
+        doubts = []
         try:
             with os.scandir(self.instances_path) as iterator:
                 entries = sorted(iterator, key=lambda entry: entry.name)
         except OSError as e:
-            if e.errno in _GONE:
-                return []
-            self._doubts.append(facts.Doubt(
-                source=self.instances_path,
-                message='cannot list instances path: %s' % e.strerror))
-            return []
+            if e.errno not in _GONE:
+                doubts.append(facts.Doubt(
+                    source=self.instances_path,
+                    message='cannot list instances path: %s' % e.strerror))
+            return None, [], doubts
         excluded = self._excluded_identities()
         real_prefix = os.path.join(
             os.path.realpath(self.instances_path), '')
+        listing = {}
         directories = []
         for entry in entries:
-            path = entry.path
             try:
-                st = entry.stat()
-                symlink = entry.is_symlink()
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) not in excluded:
+                    listing[entry.name] = (st.st_ino, st.st_ctime_ns)
+                symlink = stat.S_ISLNK(st.st_mode)
+                if symlink:
+                    st = entry.stat()
             except OSError as e:
-                if e.errno in _GONE:
-                    continue
-                self._doubts.append(facts.Doubt(
-                    source=path, message='cannot stat: %s' % e.strerror))
+                listing.setdefault(entry.name, None)
+                if e.errno not in _GONE:
+                    doubts.append(facts.Doubt(
+                        source=entry.path,
+                        message='cannot stat: %s' % e.strerror))
                 continue
             if (stat.S_ISDIR(st.st_mode) and
                     (st.st_dev, st.st_ino) not in excluded):
                 directories.append(_InstanceDirectory(
-                    path, st, None if symlink else real_prefix + entry.name))
-        return directories
+                    entry.path, st,
+                    None if symlink else real_prefix + entry.name))
+        return listing, directories, doubts

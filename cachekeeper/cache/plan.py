@@ -127,6 +127,9 @@ def deleted_in_glance(base_file, catalog):
 
 
 def _pinned_reason(name, kind, policy, catalog):
+    if not policy.pinned_names and (catalog is None
+                                    or not catalog.pinned_names):
+        return None
     pins = [(policy.pinned_names, 'pinned by [image_cache] pinned_images')]
     if catalog is not None:
         pins.append((catalog.pinned_names,
