@@ -47,9 +47,10 @@ YIELD_INTERVAL = 0.01
 # files to remove among the next BATCH_WINDOW decisions are taken, and one
 # inventory recheck serves them all (it costs a few stats per instance
 # directory, however many files it is for). A batch holds its locks for
-# about BATCH_LOCKS quarantines, a fraction of a second.
-BATCH_WINDOW = 512
-BATCH_LOCKS = 128
+# about BATCH_LOCKS quarantines (a fraction of a second) and as many open
+# lock files.
+BATCH_WINDOW = 1024
+BATCH_LOCKS = 256
 
 
 @dataclasses.dataclass
