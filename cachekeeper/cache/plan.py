@@ -18,6 +18,7 @@ with plain values and a pass can be explained after the fact.
 """
 
 import dataclasses
+import functools
 import hashlib
 
 from cachekeeper.cache import facts
@@ -67,8 +68,13 @@ def policy_from_conf(conf):
 
 def format_duration(seconds):
     """Render a number of seconds as '2h', '1d 3h' or '45s'."""
-    # Every pass renders two per cache file: kept simple and fast.
-    seconds = int(seconds)
+    return _format_whole_seconds(int(seconds))
+
+
+# Every pass renders two per cache file, one of them a minimum age: the
+# texts of the most recent are kept.
+@functools.lru_cache(maxsize=1024)
+def _format_whole_seconds(seconds):
     for suffix, size, next_suffix, next_size in _DURATION_UNITS:
         if seconds >= size:
             whole, rest = divmod(seconds, size)
