@@ -190,6 +190,11 @@ class Inspector:
         if self.cache is not None:
             self.cache.save(prune=prune)
 
+    def keep(self, st_dev, st_ino):
+        """See InspectionCache.keep."""
+        if self.cache is not None:
+            self.cache.keep(st_dev, st_ino)
+
     def _command(self, path, fmt):
         command = ['qemu-img', 'info', '--output=json', '--force-share',
                    '-f', fmt, path]

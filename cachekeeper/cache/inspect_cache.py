@@ -76,6 +76,7 @@ class InspectionCache:
         self._lock = threading.Lock()
         self._entries = None
         self._used = set()
+        self._kept_inodes = set()
         self._pending = {}
 
     def _load(self):
@@ -133,12 +134,21 @@ class InspectionCache:
                 self._entries[key] = entry
                 self._pending[key] = entry
 
+    def keep(self, st_dev, st_ino):
+        """Keep the answers about an inode a pass relies on unread.
+
+        An instance directory carried over from the last pass is not read
+        again, but its disks' answers still serve the next process.
+        """
+        with self._lock:
+            self._kept_inodes.add((_signed(st_dev), _signed(st_ino)))
+
     def save(self, prune=False):
         """Write the new answers; with ``prune``, forget the unused ones.
 
-        Prune after a pass has looked at every disk: an entry not used
-        since the last prune belongs to a disk that is gone or was not
-        read.
+        Prune after a pass has looked at every disk: an entry neither used
+        nor kept since the last prune belongs to a disk that is gone or
+        was not read.
         """
         with self._lock:
             if self._entries is None:
@@ -147,8 +157,10 @@ class InspectionCache:
             stale = []
             if prune:
                 stale = [key for key in self._entries
-                         if key not in self._used]
+                         if key not in self._used
+                         and key[:2] not in self._kept_inodes]
                 self._used = set()
+                self._kept_inodes = set()
             for key in stale:
                 del self._entries[key]
         if not pending and not stale:

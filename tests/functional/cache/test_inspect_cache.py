@@ -21,6 +21,7 @@ import pytest
 
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inspect_cache
+from cachekeeper.cache import inventory
 from cachekeeper.scrub import db
 from tests.functional.cache import hosttree
 
@@ -257,3 +258,32 @@ def test_auto_reads_nova_overlays_without_qemu_img(host, tmp_path):
     assert first['b' * 40] == 'in_use'
     assert first['ephemeral_1_0706d66'] == 'in_use'
     assert calls(record) == []
+
+
+def test_answers_of_directories_carried_over_are_kept(state_db, tmp_path):
+    cache_dir = tmp_path / 'instances' / '_base'
+    cache_dir.mkdir(parents=True)
+    (cache_dir / 'base').write_bytes(b'')
+    directory = tmp_path / 'instances' / 'instance'
+    directory.mkdir()
+    hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                      cache_dir / 'base', directory / 'disk')
+    past = time.time() - 3600
+    for path in (directory, directory / 'disk'):
+        os.utime(path, (past, past))
+    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    # As the daemon's manager keeps them from pass to pass.
+    memory = inventory.Memory()
+    cache = inspect_cache.InspectionCache(state_db)
+    passes = []
+    for _ in range(2):
+        passes.append(inspect.Inspector(method=inspect.QEMU_IMG, cache=cache))
+        inventory.Inventory(str(tmp_path / 'instances'), str(cache_dir),
+                            passes[-1], memory=memory).collect(['base'])
+    # The second pass carried the directory over without reading it.
+    assert [(p.qemu_img_calls, p.cache_hits) for p in passes] == [
+        (1, 0), (0, 0)]
+
+    fresh = inspector(state_db, inspect.QEMU_IMG)
+    fresh.inspect(str(directory / 'disk'), 'qcow2')
+    assert (fresh.cache_hits, fresh.qemu_img_calls) == (1, 0)
