@@ -60,6 +60,9 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Nothing may stall the daemon while the queue is full
+                # (nobody reads it): what cannot go at once is dropped.
+                sock.setblocking(False)
                 sock.connect(self._address)
                 sock.sendall(message.encode('utf-8'))
         except OSError as e:

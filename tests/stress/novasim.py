@@ -58,6 +58,7 @@ import uuid
 from oslo_concurrency import lockutils
 
 QEMU_IMG = shutil.which('qemu-img')
+# A download's token: a uuid4 in hex.
 TOKEN_BYTES = 32
 IMAGE_SIZE = 1024 * 1024
 # md5('vfat')[:7], the file system hash nova puts into ephemeral names.
@@ -108,10 +109,11 @@ def records_path(records_dir, directory_name):
 
 
 class SpawnFailed(Exception):
+    """A spawn failed cleanly at ``step``, as nova's would."""
+
     def __init__(self, step, detail):
         super().__init__('%s: %s' % (step, detail))
         self.step = step
-        self.detail = detail
 
 
 @contextlib.contextmanager
@@ -183,12 +185,10 @@ class Compute:
 
     # Fetching into the image cache.
 
-    def _new_token(self):
-        return uuid.uuid4().hex[:TOKEN_BYTES].ljust(TOKEN_BYTES, '0')
-
-    def _write_base(self, path, size):
+    @staticmethod
+    def _write_base(path, size):
         with open(path, 'wb') as f:
-            f.write(self._new_token().encode('ascii'))
+            f.write(uuid.uuid4().hex.encode('ascii'))
             f.truncate(size)
 
     def fetch_image(self, base):

@@ -17,7 +17,8 @@ manager_interval is whole seconds, as in nova). The race test wants no
 gap at all, so this runs CacheManager.run_pass, the daemon's own pass, in
 a loop in a process of its own, and writes what the passes did as JSON:
 
-``python -m tests.stress.passloop --config-file F --report R``
+``python -m tests.stress.passloop --config-file F --report R
+[--inspect-method M]...``
 """
 
 import argparse
@@ -33,16 +34,22 @@ from oslo_log import log as logging
 from cachekeeper.cache import facts
 from cachekeeper.cache import manager
 from cachekeeper import config
+from cachekeeper import coordination
 from cachekeeper.scrub import queue
 
 LOG = logging.getLogger(__name__)
 
 
-def run(conf, stop_event):
+def run(conf, stop_event, inspect_methods=()):
     scrub_queue = queue.from_conf(conf)
     scrub_queue.check_quarantine_dir()
     scrub_queue.reconcile(time.time())
-    cache_manager = manager.CacheManager(conf, scrub_queue)
+    # As the daemon's service does: the pass removes only as the leader.
+    coordinator = coordination.Coordinator.from_conf(
+        conf, manager.cache_dir(conf),
+        wants_leadership=lambda: conf.image_cache.remove_unused_base_images)
+    coordinator.start()
+    cache_manager = manager.CacheManager(conf, scrub_queue, coordinator)
     verdicts = collections.Counter()
     kept_reasons = collections.Counter()
     errors = collections.Counter()
@@ -50,6 +57,11 @@ def run(conf, stop_event):
     longest = 0.0
     try:
         while not stop_event.is_set():
+            if inspect_methods:
+                # As an operator would with a SIGHUP: the option is mutable.
+                method = inspect_methods[passes % len(inspect_methods)]
+                conf.set_override('inspect_method', method,
+                                  group='image_cache')
             result = cache_manager.run_pass(stop_event=stop_event)
             passes += 1
             longest = max(longest, result.duration_s)
@@ -61,6 +73,7 @@ def run(conf, stop_event):
                 errors[error['message'][:160]] += 1
         counts = scrub_queue.counts()
     finally:
+        coordinator.stop()
         scrub_queue.close()
     return {
         'passes': passes,
@@ -77,6 +90,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config-file', required=True)
     parser.add_argument('--report', required=True)
+    parser.add_argument('--inspect-method', action='append', default=[],
+                        dest='inspect_methods',
+                        help='[image_cache] inspect_method of the passes; '
+                             'given more than once, the passes take turns.')
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     conf = config.CONF
     config.parse_args([sys.argv[0], '--config-file', args.config_file])
@@ -84,7 +101,7 @@ def main(argv=None):
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda signo, frame: stop_event.set())
     try:
-        report = run(conf, stop_event)
+        report = run(conf, stop_event, args.inspect_methods)
     except Exception:
         LOG.exception('The pass loop failed')
         return 1

@@ -43,7 +43,6 @@ import tempfile
 import time
 
 from tests.stress import invariant
-from tests.stress import novasim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -232,14 +231,20 @@ def _collect_simulators(simulators, errors, checker, result):
 
 
 def run_race(root, cycles, workers=4, seed=1, images=6, max_live=3,
-             mean_life=0.8, time_limit=3600):
-    """Run the race in directory ``root``; return a RaceResult."""
+             mean_life=0.8, time_limit=3600, inspect_methods=()):
+    """Run the race in directory ``root``; return a RaceResult.
+
+    The passes take turns with the [image_cache] inspect_method values in
+    ``inspect_methods``; with none, they use the default.
+    """
     started = time.monotonic()
     host = Host(root)
     pass_report = os.path.join(root, 'passloop.json')
     pass_log = os.path.join(root, 'passloop.stderr')
-    pass_loop = _python(pass_log, 'tests.stress.passloop', '--config-file',
-                        host.config_file, '--report', pass_report)
+    pass_loop = _python(
+        pass_log, 'tests.stress.passloop', '--config-file', host.config_file,
+        '--report', pass_report,
+        *['--inspect-method=%s' % method for method in inspect_methods])
     simulators = _start_simulators(root, host, cycles, workers, seed, images,
                                    max_live, mean_life, time_limit)
     checker = Checker(host)
@@ -281,13 +286,18 @@ def main(argv=None):
     parser.add_argument('--images', type=int, default=6)
     parser.add_argument('--max-live', type=int, default=3)
     parser.add_argument('--mean-life', type=float, default=0.8)
+    parser.add_argument('--inspect-method', action='append', default=[],
+                        choices=('auto', 'qemu-img'), dest='inspect_methods',
+                        help='[image_cache] inspect_method of the passes; '
+                             'given more than once, the passes take turns.')
     parser.add_argument('--dir', help='Where to build the host (kept); '
                                       'default: a temporary directory.')
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     root = args.dir or tempfile.mkdtemp(prefix='cachekeeper-race-')
     result = run_race(root, args.cycles, workers=args.workers,
                       seed=args.seed, images=args.images,
-                      max_live=args.max_live, mean_life=args.mean_life)
+                      max_live=args.max_live, mean_life=args.mean_life,
+                      inspect_methods=args.inspect_methods)
     print(json.dumps(dataclasses.asdict(result), indent=2))
     print('seed %d, host in %s: %s' % (args.seed, root, result.summary()),
           file=sys.stderr)

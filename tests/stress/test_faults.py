@@ -31,6 +31,7 @@ import time
 import pytest
 
 from tests.functional.cache import hosttree
+from tests.stress import soak
 from tests.system import daemon as system_daemon
 
 PASS_LINE = r'INFO cachekeeper.service .* Pass done'
@@ -76,7 +77,8 @@ exec '{qemu_img}' "$@"
 class FaultHost(hosttree.HostTree):
     """A host with X in use, U unused, and a fake qemu-img to control."""
 
-    def __init__(self, root):
+    def __init__(self, root, backend):
+        self.backend = backend
         super().__init__(root)
         self.bin_dir = os.path.join(self.root, 'bin')
         self.mode_file = os.path.join(self.root, 'qemu-img-mode')
@@ -101,7 +103,8 @@ class FaultHost(hosttree.HostTree):
         system_daemon.write_config(
             self.config_file,
             DEFAULT={'instances_path': self.instances_path,
-                     'state_path': self.state_path, 'host': 'compute-test'},
+                     'state_path': self.state_path, 'host': 'compute-test',
+                     'service_backend': self.backend},
             image_cache=dict({
                 'manager_interval': 1, 'inspect_timeout': 1,
                 # Every disk goes to qemu-img, however it may be read.
@@ -153,25 +156,17 @@ def repeated_lines(log):
 
 
 def peak_rss(pid):
-    """Peak resident memory in bytes of ``pid`` and its children."""
+    """Peak resident memory in bytes of the daemon's processes."""
     peak = 0
-    for task in [pid] + _children(pid):
+    for process in soak.daemon_processes(pid):
         try:
-            with open('/proc/%d/status' % task) as f:
+            with open('/proc/%d/status' % process) as f:
                 for line in f:
                     if line.startswith('VmHWM:'):
                         peak = max(peak, int(line.split()[1]) * 1024)
         except FileNotFoundError:
             continue
     return peak
-
-
-def _children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(child) for child in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 @dataclasses.dataclass
@@ -187,6 +182,7 @@ class Fault:
     kept: tuple = (X, U)
     mode: str = None
     removes_u_after: bool = True
+    backend: str = 'eventlet'
 
     def inject(self, host):
         if self.mode:
@@ -322,9 +318,16 @@ def _path_of(host, name):
     return host.cache_path(name)
 
 
-@pytest.mark.parametrize('fault', FAULTS, ids=lambda f: f.name)
+# Where qemu-img is killed, the backends differ (green or real
+# subprocesses): these faults run on both.
+FAULTS.extend(dataclasses.replace(fault, backend='threading')
+              for fault in FAULTS[:4])
+
+
+@pytest.mark.parametrize('fault', FAULTS,
+                         ids=lambda f: '%s, %s' % (f.name, f.backend))
 def test_fault(fault, tmp_path):
-    host = FaultHost(tmp_path / 'host')
+    host = FaultHost(tmp_path / 'host', fault.backend)
     fault.inject(host)
     daemon = host.start(wrapper=fault.wrapper(host))
     try:

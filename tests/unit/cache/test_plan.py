@@ -546,6 +546,25 @@ class PolicyFromConfTestCase(unittest.TestCase):
                        plan.image_cache_name('image-2')]),
             plan.policy_from_conf(self.conf).pinned_names)
 
+
+class HoldRemovalsTestCase(unittest.TestCase):
+
+    def test_only_removable_files_are_held(self):
+        files = [base_file(IMAGE, facts.ORIGINAL),
+                 base_file(OTHER, facts.ORIGINAL, age=HOUR)]
+        decisions = plan.plan(files, usage(), POLICY, NOW)
+        held, names = plan.hold_removals(
+            decisions, 'not the leader for this cache (leader: host-b)')
+        self.assertEqual((IMAGE,), names)
+        self.assertEqual([facts.KEPT, facts.TOO_YOUNG],
+                         [d.verdict for d in held])
+        self.assertEqual('unused for 10d (minimum 1d); not removed: not the '
+                         'leader for this cache (leader: host-b)',
+                         held[0].reason)
+        self.assertEqual(DAY, held[0].min_age)
+        self.assertEqual(decisions[1], held[1])
+
+
 class ResidueTestCase(unittest.TestCase):
 
     RULES = policy(residue_min_age=DAY)
@@ -611,21 +630,3 @@ class ResidueTestCase(unittest.TestCase):
 
     def test_residue_min_age_is_its_kinds_min_age(self):
         self.assertEqual(DAY, self.RULES.min_age(facts.RESIDUE))
-
-
-class HoldRemovalsTestCase(unittest.TestCase):
-
-    def test_only_removable_files_are_held(self):
-        files = [base_file(IMAGE, facts.ORIGINAL),
-                 base_file(OTHER, facts.ORIGINAL, age=HOUR)]
-        decisions = plan.plan(files, usage(), POLICY, NOW)
-        held, names = plan.hold_removals(
-            decisions, 'not the leader for this cache (leader: host-b)')
-        self.assertEqual((IMAGE,), names)
-        self.assertEqual([facts.KEPT, facts.TOO_YOUNG],
-                         [d.verdict for d in held])
-        self.assertEqual('unused for 10d (minimum 1d); not removed: not the '
-                         'leader for this cache (leader: host-b)',
-                         held[0].reason)
-        self.assertEqual(DAY, held[0].min_age)
-        self.assertEqual(decisions[1], held[1])
