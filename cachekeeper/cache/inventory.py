@@ -951,6 +951,29 @@ class _Reader:
                      seen=link.seen | {real_path}, owner=link.owner)
 
 
+def _moved(before, after):
+    """Whether an entry of listing ``before`` was renamed by ``after``.
+
+    Renamed is an entry whose inode is under another name now, or one
+    renamed away and back: its change time moved but not its modification
+    time, which a change of its content moves too.
+    """
+    if before is None or after is None:
+        return before is not after
+    names = {state[0]: name for name, state in after.items() if state}
+    for name, state in before.items():
+        if state is None:
+            continue
+        ino, mtime_ns, ctime_ns = state
+        if names.get(ino, name) != name:
+            return True
+        now = after.get(name)
+        if (now is not None and now[0] == ino and now[1] == mtime_ns
+                and now[2] != ctime_ns):
+            return True
+    return False
+
+
 class Inventory:
     """Finds the cache files in use, and re-checks one before its removal.
 
@@ -1070,20 +1093,21 @@ class Inventory:
         return doubts
 
     def _refresh(self, cache_names):
-        """Read what changed until the instance directories stand still.
+        """Read what changed until no directory moves while it is read.
 
         A directory renamed while it is read hides its disks from that
         read (nova renames <uuid> to <uuid>_resize, back again on a revert,
         and to <uuid>_del), so instances_path is listed before and after
-        each read, and what changed meanwhile is read again. If it never
-        stands still, nothing may be removed.
+        each read, and what moved meanwhile is read again under its new
+        name. Directories made or deleted meanwhile need no second read.
+        If directories keep moving, nothing may be removed.
         """
         listing, directories, doubts = self._list()
         for _attempt in range(MAX_READS):
             self._read_changed(cache_names, directories, doubts)
             # The listing after this read is the one before the next.
             after, directories, doubts = self._list()
-            if after == listing:
+            if not _moved(listing, after):
                 return
             listing = after
         self._doubts.append(facts.Doubt(
@@ -1143,13 +1167,12 @@ class Inventory:
     def _list(self):
         """List instances_path: return (listing, directories, doubts).
 
-        ``listing`` has the inode and change time of each entry by name
-        (the change time moves when an entry is renamed, even back to its
-        old name), without the directories a pass does not read: they
-        change all the time; it is None when instances_path cannot be
-        listed. ``directories`` are the instance directories, every
-        directory not excluded, as _InstanceDirectory entries sorted by
-        path; ``doubts`` say what could not be stat'ed.
+        ``listing`` has the inode, modification and change time of each
+        entry by name (see _moved), without the directories a pass does
+        not read: they change all the time; it is None when
+        instances_path cannot be listed. ``directories`` are the instance
+        directories, every directory not excluded, as _InstanceDirectory
+        entries sorted by path; ``doubts`` say what could not be stat'ed.
         """
         doubts = []
         try:
@@ -1170,7 +1193,8 @@ class Inventory:
             try:
                 st = entry.stat(follow_symlinks=False)
                 if (st.st_dev, st.st_ino) not in excluded:
-                    listing[entry.name] = (st.st_ino, st.st_ctime_ns)
+                    listing[entry.name] = (st.st_ino, st.st_mtime_ns,
+                                           st.st_ctime_ns)
                 symlink = stat.S_ISLNK(st.st_mode)
                 if symlink:
                     st = entry.stat()

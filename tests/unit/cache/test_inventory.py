@@ -232,3 +232,21 @@ def test_domain_xml_without_disks_or_metadata():
 def test_domain_xml_that_cannot_be_read(data):
     with pytest.raises(ValueError):
         inventory.parse_domain_xml(data)
+
+
+A = (10, 100, 100)
+
+
+@pytest.mark.parametrize('after, moved', [
+    ({'a': A}, False),
+    ({'a': A, 'b': (11, 100, 100)}, False),
+    ({}, False),
+    ({'a': (10, 200, 200)}, False),
+    ({'a_resize': (10, 100, 200)}, True),
+    ({'a': (10, 100, 200)}, True),
+    ({'a': (12, 100, 200), 'a_del': (10, 100, 200)}, True),
+], ids=['still', 'made', 'deleted', 'written', 'renamed',
+        'renamed back', 'replaced'])
+def test_moved(after, moved):
+    # Listings map names to (inode, mtime, ctime).
+    assert inventory._moved({'a': A}, after) is moved
