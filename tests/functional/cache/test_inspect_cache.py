@@ -13,7 +13,6 @@
 """The inspection cache: real SQLite, real images, real qemu-img."""
 
 import os
-import subprocess
 import time
 import types
 
