@@ -82,6 +82,9 @@ class CacheManager:
         self.scrub_queue = scrub_queue
         self.coordinator = coordinator
         self._warnings = {}
+        # What the running pass could not do with its state (the state
+        # database, the report), by what it tried: warned once.
+        self._state_problems = {}
         self.images = glance.ImageService(conf)
         # These survive from pass to pass: unchanged cache entries, disks
         # and instance directories are not read again.
@@ -165,6 +168,7 @@ class CacheManager:
         started = time.monotonic()
         result = report.PassReport(dry_run=dry_run, started_at=time.time())
         warnings = {}
+        self._state_problems = {}
         leftovers = residue.remove(self.conf, time.time(), dry_run=dry_run)
         result.files.extend(leftovers.files)
         result.errors.extend(leftovers.errors)
@@ -231,15 +235,21 @@ class CacheManager:
             self._write_report(result)
             self._add_to_totals(result, removed_bytes)
             warnings.update(self._write_metrics(result, after))
+        warnings.update((('state', what), message)
+                        for what, message in self._state_problems.items())
         self._warn_on_change(warnings)
         return result
+
+    def _state_problem(self, what, error):
+        """Note that ``what`` failed: told once, not at every pass."""
+        self._state_problems[what] = '%s: %s' % (what, error)
 
     def _adopt_orphans(self):
         try:
             self.scrub_queue.adopt_orphans(time.time())
         except (OSError, db.StateError) as e:
-            LOG.error('Cannot look for files in quarantine without a scrub '
-                      'queue entry: %s', e)
+            self._state_problem('Cannot look for files in quarantine '
+                                'without a scrub queue entry', e)
 
     def _detect_comebacks(self, evaluation):
         """Count and report removed files that came back; return how many."""
@@ -248,7 +258,8 @@ class CacheManager:
                 self.scrub_queue.state_db, evaluation.base_files,
                 time.time(), self.conf.image_cache.thrash_window_seconds)
         except db.StateError as e:
-            LOG.error('Cannot look for removed files that came back: %s', e)
+            self._state_problem('Cannot look for removed files that came '
+                                'back', e)
             return 0
         for comeback in comebacks:
             # Each comeback is an event of its own, reported once.
@@ -262,7 +273,8 @@ class CacheManager:
         try:
             self.scrub_queue.expedite(outcome.expedited, time.time())
         except db.StateError as e:
-            LOG.error('Cannot make scrub queue entries due now: %s', e)
+            self._state_problem('Cannot make scrub queue entries due now',
+                                e)
 
     def _scan_after(self):
         try:
@@ -318,8 +330,8 @@ class CacheManager:
                             reclaimed_bytes=removed_bytes,
                             errors=len(result.errors))
         except db.StateError as e:
-            LOG.error('Cannot add the pass to the totals in the state '
-                      'database: %s', e)
+            self._state_problem('Cannot add the pass to the totals in the '
+                                'state database', e)
 
     def _write_metrics(self, result, base_files):
         """Write the metrics file if configured; return warnings."""
@@ -413,15 +425,15 @@ class CacheManager:
                 [os.path.basename(p) for p in unused], time.time(),
                 present_names=[b.name for b in evaluation.base_files])
         except db.StateError as e:
-            LOG.error('Cannot record file usage in the state database: %s',
-                      e)
+            self._state_problem('Cannot record file usage in the state '
+                                'database', e)
 
     def _write_report(self, result):
         try:
             report.write(result, self.conf.state_path)
         except OSError as e:
-            LOG.error('Cannot write the pass report into %s: %s',
-                      self.conf.state_path, e)
+            self._state_problem('Cannot write the pass report into %s'
+                                % self.conf.state_path, e)
 
     def _deleted_in_glance_warnings(self, evaluation):
         """Files in use whose image Glance no longer has, keyed by path.
