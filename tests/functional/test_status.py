@@ -19,6 +19,7 @@ own parser, against the status.
 
 import json
 import os
+import re
 import subprocess
 
 from prometheus_client import parser
@@ -199,8 +200,9 @@ def test_thrash_is_detected_after_remove_and_recreate(tmp_path):
     [warning] = [line for line in process.stderr.splitlines()
                  if 'came back' in line]
     assert ' WARNING ' in warning
-    assert ('Image cache file %s came back 0s after a pass removed it' % path
-            in warning)
+    # A loaded machine may take a second or two between the passes.
+    assert re.search(r'Image cache file %s came back \d+s after a pass '
+                     r'removed it' % re.escape(path), warning)
     assert warning.endswith('consider a longer [image_cache] '
                             'remove_unused_original_minimum_age_seconds')
     assert report['comebacks'] == 1
