@@ -120,18 +120,22 @@ def _read_status(pid):
     return rss, threads
 
 
+# What reading /proc of a process raises once the process is gone.
+_GONE = (FileNotFoundError, ProcessLookupError)
+
+
 def _children(pid):
     """The children of every thread of ``pid``."""
     children = []
     try:
         tasks = os.listdir('/proc/%d/task' % pid)
-    except FileNotFoundError:
+    except _GONE:
         return children
     for task in tasks:
         try:
             with open('/proc/%d/task/%s/children' % (pid, task)) as f:
                 children.extend(int(child) for child in f.read().split())
-        except FileNotFoundError:
+        except _GONE:
             continue
     return children
 
@@ -158,7 +162,7 @@ def daemon_processes(pid):
             with open('/proc/%d/cmdline' % child, 'rb') as f:
                 if b'cachekeeper' in f.read() and _age(child) > 1:
                     found.append(child)
-        except FileNotFoundError:
+        except _GONE:
             continue
     return found
 
@@ -166,14 +170,18 @@ def daemon_processes(pid):
 def sample(pid, started):
     """One Sample summed over the daemon's processes, or None if gone."""
     rss = fds = threads = 0
-    try:
-        for process in daemon_processes(pid):
+    for process in daemon_processes(pid):
+        try:
             process_rss, process_threads = _read_status(process)
-            rss += process_rss
-            threads += process_threads
-            fds += len(os.listdir('/proc/%d/fd' % process))
-    except FileNotFoundError:
-        return None
+            process_fds = len(os.listdir('/proc/%d/fd' % process))
+        except _GONE:
+            if process == pid:
+                return None
+            # A worker replaced meanwhile: the next sample has the new one.
+            continue
+        rss += process_rss
+        threads += process_threads
+        fds += process_fds
     return Sample(time.monotonic() - started, rss, fds, threads)
 
 

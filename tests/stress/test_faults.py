@@ -164,7 +164,7 @@ def peak_rss(pid):
                 for line in f:
                     if line.startswith('VmHWM:'):
                         peak = max(peak, int(line.split()[1]) * 1024)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return peak
 
