@@ -71,6 +71,9 @@ LOG = logging.getLogger(__name__)
 LEADER_PREFIX = 'cachekeeper-leader-'
 LEADER_RECORD_SUFFIX = '.json'
 FILE_SCHEME = 'file'
+# What tooz's file driver makes in its directory besides the lock files.
+FILE_BACKEND_DIRS = ('groups', 'tmp')
+FILE_BACKEND_DRIVER_LOCK = '.driver_lock'
 # Backends whose locks only exclude the processes of one host.
 HOST_LOCAL_SCHEMES = ('ipc',)
 
@@ -140,6 +143,26 @@ def reach_problem(backend_url, cache_dir):
                 'cache, so the other hosts do not see its locks'
                 % parsed.path)
     return None
+
+
+def prepare_file_backend(backend_url, lock_name):
+    """Make the tree of a file backend, owned like the directory it is in.
+
+    tooz would make it with the owner of this process: under nova's
+    ``locks/`` (the default), what cachekeeper makes there stays nova's.
+    A tree whose parent directory is missing is left to tooz.
+    """
+    parsed = urllib.parse.urlsplit(backend_url)
+    if parsed.scheme != FILE_SCHEME:
+        return
+    directory = os.path.normpath(parsed.path)
+    if not os.path.isdir(os.path.dirname(directory)):
+        return
+    locks.ensure_directory(directory)
+    for reserved in FILE_BACKEND_DIRS:
+        locks.ensure_directory(os.path.join(directory, reserved))
+    for lock_file in (FILE_BACKEND_DRIVER_LOCK, lock_name):
+        locks.ensure_lock_file(os.path.join(directory, lock_file))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +262,8 @@ def _write_leader(path, record):
     try:
         with open(fd, 'w', closefd=False) as f:
             json.dump(record.to_dict(), f)
+        owner = os.stat(directory)
+        os.fchown(fd, owner.st_uid, owner.st_gid)
         os.fchmod(fd, 0o644)
         os.rename(temporary, path)
     except BaseException:
@@ -411,6 +436,10 @@ class Coordinator:
         except (RuntimeError, ImportError) as e:
             # stevedore: no driver of that name, or its library is missing.
             raise tooz.ToozError('no usable tooz driver: %s' % e)
+        try:
+            prepare_file_backend(self.backend_url, self.lock_name)
+        except OSError as e:
+            raise tooz.ToozError('cannot prepare %s: %s' % (self.backend, e))
         driver.start(start_heart=False)
         self._driver = driver
         self._lock = driver.get_lock(self.lock_name.encode('utf-8'))

@@ -36,7 +36,7 @@ LOG = logging.getLogger(__name__)
 
 LOCKS_DIR = 'locks'
 LOCK_FILE_PREFIX = 'nova-'
-# The temporary files a new lock file is made under (see _ensure_lock_file).
+# The temporary files a new lock file is made under (see ensure_lock_file).
 TEMPORARY_PREFIX = '.cachekeeper-'
 
 _LOCKS_DIR_MODE = 0o755
@@ -84,18 +84,17 @@ def nova_lock(instances_path, name, blocking=True):
     ``blocking``, it raises lockutils.AcquireLockFailedException when
     another process or thread holds the lock.
     """
-    directory = locks_dir(instances_path)
-    _ensure_locks_dir(instances_path, directory)
-    _ensure_lock_file(directory, lock_file_path(instances_path, name))
+    ensure_locks_dir(instances_path)
+    ensure_lock_file(lock_file_path(instances_path, name))
     with lockutils.lock(name, lock_file_prefix=LOCK_FILE_PREFIX,
-                        external=True, lock_path=directory,
+                        external=True, lock_path=locks_dir(instances_path),
                         blocking=blocking):
         yield
 
 
 def ensure_locks_dir(instances_path):
     """Create nova's lock directory if missing, owned like instances_path."""
-    _ensure_locks_dir(instances_path, locks_dir(instances_path))
+    ensure_directory(locks_dir(instances_path))
 
 
 def lock_holder(instances_path, name):
@@ -132,14 +131,19 @@ def _probe(path):
                       exclusive=answer.l_type == fcntl.F_WRLCK)
 
 
-def _ensure_locks_dir(instances_path, directory):
+def ensure_directory(directory):
+    """Create ``directory`` if missing, with the owner and group of its parent.
+
+    Its parent must exist. Whoever runs cachekeeper (root, say), what it
+    makes among nova's locks stays nova's to use.
+    """
     if os.path.isdir(directory):
         return
     try:
         os.mkdir(directory, _LOCKS_DIR_MODE)
     except FileExistsError:
         return
-    owner = os.stat(instances_path)
+    owner = os.stat(os.path.dirname(directory))
     fd = os.open(directory,
                  os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -151,9 +155,11 @@ def _ensure_locks_dir(instances_path, directory):
              directory, owner.st_uid, owner.st_gid)
 
 
-def _ensure_lock_file(directory, path):
+def ensure_lock_file(path):
+    """Create the lock file ``path`` if missing, owned like its directory."""
     if os.path.lexists(path):
         return
+    directory = os.path.dirname(path)
     owner = os.stat(directory)
     # The file gets its owner and mode under a temporary name and is then
     # linked into place, which fails if it exists already: nova never sees

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import unittest
+import urllib.parse
 
 import fixtures
 from oslo_config import cfg
@@ -111,6 +112,31 @@ class CoordinatorTestCase(fixtures.TestWithFixtures, unittest.TestCase):
             os.path.join(self.instances_path, 'locks'))
             if name.startswith('nova-')])
         self.assertIn('This host (host-a) is now the leader', self.log.output)
+
+    def test_file_backend_tree_is_made_before_tooz_makes_it(self):
+        # What prepare_file_backend makes must be all the file driver
+        # makes, or tooz adds parts with this process's owner.
+        from tooz.drivers import file as file_driver
+        leader = self._start('host-a')
+        directory = os.path.join(self.instances_path, 'locks',
+                                 'cachekeeper-coordination')
+        driver = file_driver.FileDriver(
+            b'probe', urllib.parse.urlsplit(self.url), {})
+        made = [os.path.join(directory, name)
+                for name in coordination.FILE_BACKEND_DIRS
+                + (coordination.FILE_BACKEND_DRIVER_LOCK,)]
+        self.assertEqual(sorted([directory] + made),
+                         sorted(driver._reserved_paths))
+        for path in made + [os.path.join(directory, leader.lock_name)]:
+            self.assertTrue(os.path.exists(path), path)
+
+    def test_only_file_backends_are_prepared(self):
+        coordination.prepare_file_backend('redis://127.0.0.1:1',
+                                          'cachekeeper-leader-x')
+        coordination.prepare_file_backend(
+            'file://%s/missing/coordination' % self.instances_path,
+            'cachekeeper-leader-x')
+        self.assertEqual(['_base'], os.listdir(self.instances_path))
 
     def test_stop_hands_the_leadership_over(self):
         leader = self._start('host-a')

@@ -128,9 +128,6 @@ def snapshot(host):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason='the tree of the default file '
-                   'coordination backend in locks/ belongs to the daemon\'s '
-                   'own user')
 def test_everything_made_in_locks_is_novas(tmp_path):
     host = nova_host(tmp_path, locks_dir=True)
     process, _report = host.run_pass()
