@@ -48,18 +48,24 @@ def cache_usage(base_files):
     """
     by_kind = {}
     for base_file in base_files:
-        by_kind.setdefault(base_file.kind, []).append(base_file)
-    usage = _bytes_of(base_files)
-    usage['kinds'] = {kind: _bytes_of(by_kind[kind])
+        counts = by_kind.get(base_file.kind)
+        if counts is None:
+            counts = by_kind[base_file.kind] = _no_bytes()
+        counts['files'] += 1
+        if base_file.is_regular:
+            counts['apparent_bytes'] += base_file.size
+            counts['allocated_bytes'] += base_file.allocated
+    usage = _no_bytes()
+    for counts in by_kind.values():
+        for key in usage:
+            usage[key] += counts[key]
+    usage['kinds'] = {kind: by_kind[kind]
                       for kind in facts.KINDS if kind in by_kind}
     return usage
 
 
-def _bytes_of(base_files):
-    regular = [b for b in base_files if b.is_regular]
-    return {'files': len(base_files),
-            'apparent_bytes': sum(b.size for b in regular),
-            'allocated_bytes': sum(b.allocated for b in regular)}
+def _no_bytes():
+    return {'files': 0, 'apparent_bytes': 0, 'allocated_bytes': 0}
 
 
 def filesystem_of(directory):

@@ -180,7 +180,10 @@ class ImageCatalog:
     pin_property: str = ''
 
 
-@dataclasses.dataclass(frozen=True)
+# Not frozen, though never changed once made (dataclasses.replace makes
+# another): a pass makes one per cache file, and a frozen dataclass takes
+# three times as long to make.
+@dataclasses.dataclass(slots=True)
 class Decision:
     """The verdict for one cache entry, with what it rests on.
 

@@ -487,7 +487,8 @@ def _racy_horizon(clock=time.time_ns):
     return clock() - RACY_SECONDS * 10 ** 9
 
 
-@dataclasses.dataclass(frozen=True)
+# Not frozen: each pass makes two per directory (see facts.Decision).
+@dataclasses.dataclass(slots=True)
 class _InstanceDirectory:
     """An instance directory as listed: its stat (following symlinks) and,
     when it is no symlink, its real path."""

@@ -71,8 +71,7 @@ def remove(conf, now, dry_run=False):
     leftovers = Leftovers()
     for directory, matches in places(conf):
         try:
-            with os.scandir(directory) as listing:
-                names = sorted(e.name for e in listing if matches(e.name))
+            names = sorted(filter(matches, os.listdir(directory)))
         except (FileNotFoundError, NotADirectoryError):
             # Missing, nothing was left there; not a directory, the pass
             # reports it (the image cache) or it is not cachekeeper's.

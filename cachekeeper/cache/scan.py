@@ -16,6 +16,7 @@ Only lstat is used: nothing in the cache directory is opened or followed
 here, so symlinks, FIFOs and devices cannot block or mislead a pass.
 """
 
+import operator
 import os
 import re
 import stat
@@ -122,5 +123,5 @@ def scan(cache_dir, previous=None):
             if known is None or not _unchanged(known, entry.path, st):
                 known = base_file(entry.path, st, entry.name)
             entries.append(known)
-    entries.sort(key=lambda b: b.name)
+    entries.sort(key=operator.attrgetter('name'))
     return entries
