@@ -17,11 +17,18 @@ backend when they are imported, so the choice must come first; eventlet must
 also patch the standard library before threads or sockets are made.
 """
 
+import os
 import warnings
 
 # Both backends import eventlet (futurist does even for threading), and its
 # deprecation banner tells an operator nothing they can act on.
 warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+# As nova does: the system's resolver rather than eventlet's green one,
+# which loads dnspython (a sixth of the daemon's memory) and has had its
+# own bugs; the few names the daemon resolves (Glance, Keystone, a tooz
+# backend) are looked up briefly and rarely. An operator may still ask for
+# it in the environment.
+os.environ.setdefault('EVENTLET_NO_GREENDNS', 'yes')
 
 from oslo_service import backend  # noqa: E402
 

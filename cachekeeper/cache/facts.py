@@ -46,7 +46,7 @@ VERDICTS = (IN_USE, TOO_YOUNG, PINNED, QUEUED, REMOVED, KEPT, IGNORED, ERROR)
 REMOVABLE = 'removable'
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class BaseFile:
     """One entry of the image cache directory, as lstat saw it."""
 
@@ -65,7 +65,7 @@ class BaseFile:
         return self.file_type == 'file'
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Reference:
     """Evidence that an instance uses the cache file called ``name``.
 
@@ -81,7 +81,7 @@ class Reference:
     reason: str = ''
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Doubt:
     """Something the inventory could not read: the pass fails closed for it.
 

@@ -404,7 +404,7 @@ _RESOLVED = 'resolved'
 _REAL_PATH = 'real path'
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Directory:
     """What one instance directory uses, and how it looked when read.
 

@@ -36,7 +36,6 @@ from cachekeeper.cache import registry
 from cachekeeper.cache import residue
 from cachekeeper.cache import scan
 from cachekeeper import glance
-from cachekeeper import metrics
 from cachekeeper import report
 from cachekeeper import status
 from cachekeeper.scrub import db
@@ -338,6 +337,8 @@ class CacheManager:
         path = self.conf.metrics_file
         if not path or base_files is None:
             return {}
+        # Only now: prometheus_client is a megabyte of the daemon's memory.
+        from cachekeeper import metrics
         try:
             metrics.write(path, status.collect(
                 self.conf, self.scrub_queue, last_pass=result.to_dict(),
