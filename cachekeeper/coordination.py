@@ -41,8 +41,8 @@ once (WARNING), its return once (INFO); the files in use are touched all
 along. A backend that comes back having forgotten the lock (a redis
 restarted without persistence) may let another host take it while the
 old leader still counts on its last confirmation, for less than two
-thirds of the lease: nova's lock and the re-check inside it, which every removal
-goes through, keep the two from removing the same file.
+thirds of the lease: nova's lock and the re-check inside it, which every
+removal goes through, keep the two from removing the same file.
 
 The leader writes ``$instances_path/locks/cachekeeper-leader-<id>.json``
 (its host, pid and since when) so that the other hosts and
