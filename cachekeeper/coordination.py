@@ -55,7 +55,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -65,6 +64,7 @@ import tooz
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import registry
+from cachekeeper import jsonfile
 
 LOG = logging.getLogger(__name__)
 
@@ -256,24 +256,6 @@ def status_warnings(document):
     return warnings
 
 
-def _write_leader(path, record):
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix='.' + LEADER_PREFIX)
-    try:
-        with open(fd, 'w', closefd=False) as f:
-            json.dump(record.to_dict(), f)
-        owner = os.stat(directory)
-        os.fchown(fd, owner.st_uid, owner.st_gid)
-        os.fchmod(fd, 0o644)
-        os.rename(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    finally:
-        os.close(fd)
-
-
 class Coordinator:
     """This process's part in electing the remover of one image cache.
 
@@ -452,8 +434,9 @@ class Coordinator:
             self._answered_at = asked_at
         self._record = record
         try:
-            _write_leader(leader_record_path(self.instances_path,
-                                             self.cache_dir), record)
+            jsonfile.replace(leader_record_path(self.instances_path,
+                                                self.cache_dir),
+                             record.to_dict(), '.' + LEADER_PREFIX)
         except OSError as e:
             LOG.warning('Cannot record the leader of %s: %s', self.cache_dir,
                         e)

@@ -16,11 +16,11 @@ import collections
 import dataclasses
 import json
 import os
-import tempfile
 
 from oslo_utils import units
 
 from cachekeeper.cache import facts
+from cachekeeper import jsonfile
 
 REPORT_FILE = 'last_pass.json'
 
@@ -192,18 +192,5 @@ def read(state_path):
 
 def write(report, state_path):
     """Write the JSON report into ``state_path`` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=state_path, prefix='.' + REPORT_FILE)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            # Compact: only then does json encode in C, ten times faster
-            # for the thousands of files of a large cache.
-            json.dump(report.to_dict(), f, separators=(',', ':'))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(state_path, REPORT_FILE))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    jsonfile.replace(os.path.join(state_path, REPORT_FILE), report.to_dict(),
+                     '.' + REPORT_FILE)

@@ -58,13 +58,12 @@ import dataclasses
 import json
 import math
 import os
-import stat
-import tempfile
 
 from oslo_log import log as logging
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
+from cachekeeper import jsonfile
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +77,6 @@ TEMP_PREFIX = '.compute_nodes.cachekeeper-'
 
 # A registry lists a few hosts; anything much larger is not nova's.
 MAX_REGISTRY_BYTES = 1024 * 1024
-_NEW_FILE_MODE = 0o644
 
 
 class RegistryError(Exception):
@@ -194,7 +192,7 @@ def register(instances_path, host, now):
                 e.strerror or e))
         _remove_residue(instances_path)
         hosts[host] = now
-        _write(path, hosts)
+        jsonfile.replace(path, hosts, TEMP_PREFIX)
         return Registry(path, hosts)
 
 
@@ -226,41 +224,3 @@ def _remove_residue(instances_path):
                      name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(instances_path, name))
-
-
-def _write(path, hosts):
-    """Replace the registry with ``hosts``, atomically and durably.
-
-    The new file gets the owner, group and mode of the one it replaces (or
-    of its directory, and 0644, when there was none): nova opens it for
-    writing under its own user.
-    """
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
-    try:
-        try:
-            current = os.stat(path)
-            mode = stat.S_IMODE(current.st_mode)
-        except FileNotFoundError:
-            current = os.stat(directory)
-            mode = _NEW_FILE_MODE
-        created = os.fstat(fd)
-        if (created.st_uid, created.st_gid) != (current.st_uid,
-                                                current.st_gid):
-            os.fchown(fd, current.st_uid, current.st_gid)
-        os.fchmod(fd, mode)
-        with open(fd, 'w', closefd=False) as f:
-            json.dump(hosts, f, sort_keys=True)
-        os.fsync(fd)
-        os.rename(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    finally:
-        os.close(fd)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
