@@ -807,6 +807,14 @@ class _Reader:
                 (owner is not None and stat.S_ISBLK(st.st_mode))):
             LOG.debug('Skipping %s: not a regular file', disk)
             return None
+        if owner is None and self._in_cache_dir(real_path):
+            # A symlink (or disk.info) makes a cache file the disk itself:
+            # the guest writes to it (_domain_disk_link names a domain's).
+            directory.inputs.append(
+                (_RESOLVED, disk, (real_path, stat.S_IFMT(st.st_mode))))
+            directory.references.append(facts.Reference(
+                name=os.path.basename(real_path), source=disk,
+                chain=(disk, real_path), reason='disk %s' % disk))
         if fmt is None or inspect.has_backing(fmt):
             directory.read(disk, st)
         if fmt is None:

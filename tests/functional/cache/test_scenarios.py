@@ -318,6 +318,19 @@ def pinned(host):
     host.base(UNUSED, OLD)
 
 
+def disks_that_are_cache_files(host):
+    # A disk may be a symlink to a cache file (or disk.info may name one):
+    # the guest then writes to the cache file itself.
+    root = host.base(ROOT, OLD)
+    resized = host.base(ROOT + SIZE_10G, OLD, backing=host.base(OTHER, OLD))
+    for directory, cache_file, fmt in ((UUID1, root, 'raw'),
+                                       (UUID2, resized, 'qcow2')):
+        host.instance(directory, {}, formats={'disk': fmt})
+        os.symlink(cache_file, os.path.join(host.instances_path, directory,
+                                            'disk'))
+    host.base(UNUSED, OLD)
+
+
 def backing_chain_of(directory, disk='disk'):
     return 'backing chain of {instances}/%s/%s' % (directory, disk)
 
@@ -380,6 +393,13 @@ SCENARIOS = [
              backing_through_another_mount,
              {ROOT: IN_USE, UNUSED: REMOVED},
              {ROOT: backing_chain_of(UUID1)}, bind_mount=True),
+    Scenario('disks that are cache files, through symlinks',
+             disks_that_are_cache_files,
+             {ROOT: IN_USE, ROOT + SIZE_10G: IN_USE, OTHER: IN_USE,
+              UNUSED: REMOVED},
+             {ROOT: 'disk {instances}/%s/disk' % UUID1,
+              ROOT + SIZE_10G: 'disk {instances}/%s/disk' % UUID2,
+              OTHER: backing_chain_of(UUID2)}),
     Scenario('<uuid>_resize directory',
              resize_directory,
              {ROOT: IN_USE, OTHER: IN_USE, UNUSED: REMOVED},
