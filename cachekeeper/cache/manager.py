@@ -118,8 +118,8 @@ class CacheManager:
         """Evict what the disk-space budget asks for (see budget)."""
         try:
             last_used = ledger.last_uses(self.scrub_queue.state_db)
-            waiting = [budget.Waiting(e.id, e.allocated, e.queued_at)
-                       for e in self.scrub_queue.entries((queue.QUEUED,))]
+            waiting = [budget.Waiting(*queued)
+                       for queued in self.scrub_queue.queued()]
         except db.StateError as e:
             # Without the ledger a file's last use is unknown: evict nothing.
             LOG.error('Cannot read the state database to apply the '
@@ -277,7 +277,7 @@ class CacheManager:
 
     def _scan_after(self):
         try:
-            return scan.scan(cache_dir(self.conf))
+            return scan.scan(cache_dir(self.conf), previous=self._last_scan)
         except OSError:
             # The pass has reported the unreadable cache already.
             return None

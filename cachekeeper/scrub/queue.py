@@ -310,6 +310,14 @@ class ScrubQueue:
                 % ', '.join('?' * len(states)), tuple(states))
         return [Entry(**dict(row)) for row in rows]
 
+    def queued(self):
+        """Return (id, allocated, queued_at) of each queued entry, oldest
+        first: what the disk-space budget needs of them at every pass."""
+        rows = self.state_db.query(
+            'SELECT id, allocated, queued_at FROM scrub_entry WHERE state = ? '
+            'ORDER BY id', (QUEUED,))
+        return [tuple(row) for row in rows]
+
     def counts(self):
         """Return {state: number of entries} for every state present."""
         rows = self.state_db.query(
@@ -760,8 +768,11 @@ class ScrubQueue:
             LOG.error('%s', message)
             result.errors.append({'path': self.host_dir, 'message': message})
             return
-        known = {(os.path.basename(entry.quarantine_path), entry.ino)
-                 for entry in self.entries(ACTIVE_STATES)}
+        rows = self.state_db.query(
+            'SELECT quarantine_path, ino FROM scrub_entry WHERE state IN '
+            '(%s)' % ', '.join('?' * len(ACTIVE_STATES)), ACTIVE_STATES)
+        known = {(os.path.basename(quarantine_path), ino)
+                 for quarantine_path, ino in rows}
         for quarantine_name in names:
             try:
                 st = os.lstat(os.path.join(self.host_dir, quarantine_name))

@@ -167,6 +167,19 @@ class DrainTestCase(base.ScrubTestCase):
         self.assertEqual((queue.DRAINED, entry.allocated),
                          (drained.state, drained.bytes_reclaimed))
 
+    def test_queued_lists_only_what_waits(self):
+        entries = [self.quarantine(self.make_file(base.image_name(number)),
+                                   now=NOW + number)
+                   for number in range(3)]
+        self.queue.drain(NOW + 3, 0, 3)
+        self.quarantine(self.make_file(base.image_name(9)), now=NOW + 9)
+        waiting = self.queue.queued()
+        self.assertEqual(1, len(waiting))
+        entry_id, allocated, queued_at = waiting[0]
+        self.assertNotIn(entry_id, [e.id for e in entries])
+        self.assertEqual((self.queue.entry(entry_id).allocated, NOW + 9),
+                         (allocated, queued_at))
+
     def test_zero_delay_drains_in_the_same_pass(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         result = self.queue.drain(NOW, 0, 3)
