@@ -70,6 +70,8 @@ LOG = logging.getLogger(__name__)
 
 LEADER_PREFIX = 'cachekeeper-leader-'
 LEADER_RECORD_SUFFIX = '.json'
+# A record is a host name, a pid and a time.
+MAX_LEADER_RECORD_BYTES = 64 * 1024
 FILE_SCHEME = 'file'
 # What tooz's file driver makes in its directory besides the lock files.
 FILE_BACKEND_DIRS = ('groups', 'tmp')
@@ -184,11 +186,12 @@ def read_leader(instances_path, cache_dir):
     the next leader writes its own.
     """
     try:
-        with open(leader_record_path(instances_path, cache_dir)) as f:
-            record = json.load(f)
+        record = json.loads(jsonfile.read(
+            leader_record_path(instances_path, cache_dir),
+            MAX_LEADER_RECORD_BYTES))
         return LeaderRecord(host=str(record['host']), pid=int(record['pid']),
                             since=float(record['since']))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, RecursionError, ValueError, TypeError, KeyError):
         return None
 
 

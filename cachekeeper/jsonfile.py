@@ -16,7 +16,8 @@ The pass report, nova's storage registry and the leader record are written
 this way. The new file is written under a temporary name in the same
 directory and renamed over the old one; a writer that dies leaves the
 temporary file, which its owner cleans up (see cachekeeper.cache.residue
-and cachekeeper.cache.registry).
+and cachekeeper.cache.registry). Those among nova's files are read without
+waiting: anyone who can write there can put a FIFO in their place.
 """
 
 import contextlib
@@ -66,3 +67,24 @@ def replace(path, document, temporary_prefix):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read(path, max_bytes):
+    """Return the content of the small regular file ``path``, as bytes.
+
+    A FIFO or device where the file belongs is refused without waiting on
+    it, and so is content longer than ``max_bytes``: both raise
+    ValueError. Raises OSError (FileNotFoundError when there is no file)
+    when the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError('not a regular file')
+        with open(fd, 'rb', closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError('larger than %d bytes' % max_bytes)
+    return data

@@ -142,7 +142,10 @@ def parse_disk_info(data, directory):
     wins. A name recorded with conflicting formats maps to None. Raises
     ValueError if the content is not nova's JSON object.
     """
-    recorded = json.loads(data)
+    try:
+        recorded = json.loads(data)
+    except RecursionError:
+        raise ValueError('JSON nested too deeply')
     if not isinstance(recorded, dict) or not all(
             isinstance(k, str) and isinstance(v, str)
             for k, v in recorded.items()):

@@ -141,7 +141,7 @@ def parse(data):
         return {}
     try:
         hosts = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (RecursionError, ValueError) as e:
         raise RegistryError('not valid JSON (%s)' % e)
     if not isinstance(hosts, dict):
         raise RegistryError('not a JSON object of hosts and times')
@@ -208,12 +208,11 @@ def _registry_lock(instances_path, create):
 
 def _read_hosts(path):
     try:
-        with open(path, 'rb') as f:
-            data = f.read(MAX_REGISTRY_BYTES + 1)
+        data = jsonfile.read(path, MAX_REGISTRY_BYTES)
     except FileNotFoundError:
         return {}
-    if len(data) > MAX_REGISTRY_BYTES:
-        raise RegistryError('larger than %d bytes' % MAX_REGISTRY_BYTES)
+    except ValueError as e:
+        raise RegistryError('cannot be read: %s' % e)
     return parse(data)
 
 

@@ -71,3 +71,22 @@ def test_ownership_follows_the_replaced_file_else_the_directory(tmp_path):
     os.chown(kept, NOVA_UID + 1, NOVA_GID + 1)
     jsonfile.replace(str(kept), [1], PREFIX)
     assert mode_and_owner(kept)[1:] == (NOVA_UID + 1, NOVA_GID + 1)
+
+
+def test_read_returns_a_small_regular_file(tmp_path):
+    path = tmp_path / 'state.json'
+    path.write_bytes(b'{"a": 1}')
+    assert jsonfile.read(str(path), 8) == b'{"a": 1}'
+    with pytest.raises(ValueError, match='larger than 7 bytes'):
+        jsonfile.read(str(path), 7)
+    with pytest.raises(FileNotFoundError):
+        jsonfile.read(str(tmp_path / 'missing'), 8)
+
+
+@pytest.mark.parametrize('make', [os.mkfifo, os.mkdir])
+def test_read_refuses_what_is_not_a_file_without_waiting(tmp_path, make):
+    # Opening a FIFO with no writer for reading would wait for one.
+    path = str(tmp_path / 'state.json')
+    make(path)
+    with pytest.raises(ValueError, match='not a regular file'):
+        jsonfile.read(path, 8)
