@@ -389,6 +389,11 @@ class Inspector:
                 raise InspectError(
                     path, 'qemu-img info printed a backing or data file '
                     'that is not a string: %r' % (value,))
+            if value is not None and '\0' in value:
+                # No file name holds one; os.stat would refuse it.
+                raise InspectError(
+                    path, 'qemu-img info printed a backing or data file '
+                    'name with a NUL byte: %r' % value)
         return DiskInfo(path=path, format=fmt,
                         backing_file=info.backing_file or None,
                         backing_format=info.backing_file_format or None,

@@ -155,6 +155,8 @@ def test_missing_qemu_img_without_prlimit(images, tmp_path, monkeypatch):
     ('echo "{}"', "reported format None"),
     ('echo \'{"format": "raw"}\'', "reported format 'raw'"),
     ('echo \'{"format": "qcow2", "backing-filename": 7}\'', 'not a string'),
+    ('echo \'{"format": "qcow2", "backing-filename": "/x\\u0000y"}\'',
+     'with a NUL byte'),
     ('head -c 9000000 /dev/zero | tr "\\000" x', 'more than'),
     ('yes', 'more than 8388608 bytes'),
     ('yes >&2', 'more than 8388608 bytes'),
