@@ -64,7 +64,11 @@ def open_scrub_queue():
 
 
 def pass_interval():
-    """Seconds between passes, or None when passes are disabled."""
+    """Seconds between passes, or None when passes are disabled.
+
+    nova's -1 disables passes; as a fraction is allowed, so does any
+    other negative interval.
+    """
     interval = CONF.image_cache.manager_interval
     if interval < 0:
         return None
@@ -145,10 +149,10 @@ class CacheKeeperService(service.Service):
         interval = pass_interval()
         if interval is None:
             LOG.info('%s: passes are disabled '
-                     '([image_cache] manager_interval = %d)',
+                     '([image_cache] manager_interval = %g)',
                      what, CONF.image_cache.manager_interval)
         else:
-            LOG.info('%s: a pass every %d s', what, interval)
+            LOG.info('%s: a pass every %g s', what, interval)
 
     def _run(self):
         try:
@@ -162,18 +166,31 @@ class CacheKeeperService(service.Service):
                     self._last_drain = now
                     self._drain()
                 else:
-                    self._wakeup.wait(MAX_SLEEP)
+                    self._wakeup.wait(self._sleep_time(last_pass, now))
                     self._wakeup.clear()
         finally:
             self._loop_done.set()
 
     def _pass_is_due(self, last_pass, now):
+        due = self._next_pass_at(last_pass)
+        return due is not None and now >= due
+
+    def _next_pass_at(self, last_pass):
+        """When the next pass is due (monotonic), or None if never."""
         interval = pass_interval()
         if interval is None:
-            return False
+            return None
         if last_pass is None:
-            return now >= self._first_pass_at
-        return now >= last_pass + interval
+            return self._first_pass_at
+        return last_pass + interval
+
+    def _sleep_time(self, last_pass, now):
+        """How long the loop may sleep before it has something to do."""
+        due = [self._last_drain + CONF.scrubber.drain_interval]
+        next_pass = self._next_pass_at(last_pass)
+        if next_pass is not None:
+            due.append(next_pass)
+        return max(0, min(MAX_SLEEP, min(due) - now))
 
     def _drain(self):
         """Drain the scrub queue between passes (a pass drains it too)."""

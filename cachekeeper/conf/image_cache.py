@@ -23,7 +23,7 @@ can be passed to cachekeeper as it is.
 """)
 
 image_cache_opts = [
-    cfg.IntOpt('manager_interval',
+    cfg.FloatOpt('manager_interval',
         default=2400,
         min=-1,
         mutable=True,
@@ -36,7 +36,8 @@ Possible values:
 
 * 0: run at the default interval of 60 seconds (not recommended)
 * -1: no passes; the daemon stays up and does nothing
-* Any other value
+* Any other value; fractions of a second are allowed (nova's whole seconds
+  read the same)
 
 When cachekeeper runs, set nova's own ``[image_cache] manager_interval`` to -1
 in nova.conf so that only one manager ages the cache.

@@ -12,14 +12,13 @@
 
 """Soak: the daemon on a small, ever-changing host for a fixed time.
 
-A pass every second ([image_cache] manager_interval is whole seconds, as
-in nova), and between two passes the host changes: instances are made and
-deleted, and every other pass an old unused base appears (and goes in the
-next pass), so that passes inspect, remove, quarantine, drain and record. The
-daemon's processes are sampled twice a second: resident memory, open
-file descriptors and threads must stay flat after a warm-up, and the log
-must hold no traceback. The samples are kept in samples.json beside the
-daemon's log.
+A pass every 0.2 s while the host changes: instances are made and
+deleted, and now and then an old unused base appears (and goes in a
+pass soon after), so that passes inspect, remove, quarantine, drain
+and record. The daemon's processes are sampled twice a second: resident
+memory, open file descriptors and threads must stay flat after a
+warm-up, and the log must hold no traceback. The samples are kept in
+samples.json beside the daemon's log.
 
 The short soak runs in CI (tests/stress/test_soak.py); the long one by
 hand, for each backend::
@@ -45,12 +44,13 @@ from tests.system import daemon as system_daemon
 BACKENDS = ('eventlet', 'threading')
 WARM_UP = 10
 SAMPLE_INTERVAL = 0.5
-CHURN_INTERVAL = 0.3
+# Faster than the passes: each pass finds the host changed.
+CHURN_INTERVAL = 0.1
 # One change in this many makes an old unused base, which the next pass
 # removes. Each removal stays in the scrub queue's history for 30 days:
 # a removal at every change would grow the state database, and the
 # memory that reads it, faster than any host does.
-UNUSED_EVERY = 6
+UNUSED_EVERY = 18
 # Of the samples after the warm-up, the first and the last this many
 # seconds are compared.
 WINDOW = 15
@@ -229,7 +229,7 @@ def _write_config(host, backend):
         DEFAULT={'instances_path': host.instances_path,
                  'state_path': host.state_path, 'host': 'soak',
                  'service_backend': backend},
-        image_cache={'manager_interval': 1,
+        image_cache={'manager_interval': 0.2,
                      'remove_unused_original_minimum_age_seconds':
                          hosttree.DAY,
                      # Every disk goes to qemu-img, however it may be read.

@@ -86,6 +86,19 @@ class DaemonTestMixin:
         self.assertIn('STOPPING=1', process.read_notifications())
         self._assert_clean_log(process)
 
+    def test_fractional_interval(self):
+        process = self._start(interval=0.2)
+        process.wait_for(r'a pass every 0.2 s')
+        passes = process.wait_for(PASS_LINE, count=6, timeout=20)
+        gaps = [(_timestamp(b) - _timestamp(a)).total_seconds()
+                for a, b in zip(passes, passes[1:])]
+        # Not timed to the millisecond: far below the half second the
+        # loop would sleep if it slept in whole chunks.
+        self.assertLess(sorted(gaps)[len(gaps) // 2], 0.45, gaps)
+        status, _seconds = process.stop()
+        self.assertEqual(0, status)
+        self._assert_clean_log(process)
+
     def test_negative_interval_idles(self):
         process = self._start(interval=-1)
         process.wait_for(r'passes are disabled')

@@ -371,7 +371,7 @@ class GeneratedConfigTestCase(DevstackPluginTestCase):
             config.parse_args(sys.argv)
             conf = config.CONF
             print(conf.instances_path, conf.state_path,
-                  conf.image_cache.manager_interval)
+                  '%g' % conf.image_cache.manager_interval)
             """)
         result = subprocess.run(
             [sys.executable, '-c', check] + command[1:],
