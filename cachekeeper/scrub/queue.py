@@ -281,6 +281,8 @@ class ScrubQueue:
                     '[scrubber] quarantine_dir %s is not on the file system '
                     'of the image cache %s: files are quarantined by '
                     'renaming them' % (self.quarantine_dir, cache_root))
+            if existing == self.quarantine_dir:
+                self._check_quarantine_dir_is_its_own()
             _make_private_dir(self.quarantine_dir)
             _make_private_dir(self.host_dir)
             if os.path.islink(self.host_dir):
@@ -292,6 +294,22 @@ class ScrubQueue:
         except OSError as e:
             raise db.StateError('[scrubber] quarantine_dir: cannot use %s: '
                                 '%s' % (e.filename, e.strerror))
+
+    def _check_quarantine_dir_is_its_own(self):
+        # A pass does not read the quarantine directory for instances: an
+        # instance directory given as quarantine_dir would hide the disks
+        # it holds, and their bases would go. The quarantine directory
+        # holds the directories of hosts and nothing else.
+        if os.path.samefile(self.quarantine_dir, self.instances_path):
+            raise db.StateError('[scrubber] quarantine_dir %s is '
+                                'instances_path' % self.quarantine_dir)
+        with os.scandir(self.quarantine_dir) as listing:
+            for dirent in listing:
+                if not dirent.is_dir():
+                    raise db.StateError(
+                        '[scrubber] quarantine_dir %s holds %s, which no '
+                        'quarantine directory does: it must be a directory '
+                        'of its own' % (self.quarantine_dir, dirent.name))
 
     def entry(self, entry_id):
         """Return the Entry with ``entry_id``; ScrubError if unknown."""

@@ -67,6 +67,24 @@ class QuarantineDirTestCase(base.ScrubTestCase):
         with self.assertRaisesRegex(db.StateError, 'is a symlink'):
             scrub_queue.check_quarantine_dir()
 
+    def test_directory_holding_files_is_refused(self):
+        # An instance directory: a pass does not read the quarantine's.
+        instance = os.path.join(self.instances_path, 'instance')
+        os.mkdir(instance)
+        with open(os.path.join(instance, 'disk'), 'w'):
+            pass
+        for quarantine_dir, message in ((instance, 'holds disk'),
+                                        (self.instances_path,
+                                         'is instances_path')):
+            with self.subTest(quarantine_dir=quarantine_dir):
+                scrub_queue = queue.ScrubQueue(
+                    self.queue.state_db, self.instances_path,
+                    self.cache_dir, quarantine_dir, base.HOST)
+                with self.assertRaisesRegex(db.StateError, message):
+                    scrub_queue.check_quarantine_dir()
+                self.assertFalse(os.path.exists(
+                    os.path.join(quarantine_dir, base.HOST)))
+
     def test_host_that_is_not_a_file_name_is_refused(self):
         scrub_queue = queue.ScrubQueue(
             self.queue.state_db, self.instances_path, self.cache_dir,
