@@ -18,6 +18,7 @@ from oslo_log import log as logging
 
 from cachekeeper import concurrency
 from cachekeeper import config
+from cachekeeper import printable
 from cachekeeper.scrub import db
 from cachekeeper import systemd
 from cachekeeper import version
@@ -40,6 +41,7 @@ def main():
     logging.set_defaults(default_log_levels=(
         logging.get_default_log_levels() + ['keystoneauth.session=ERROR']))
     logging.setup(CONF, 'cachekeeper')
+    printable.escape_log_messages()
     # Imported only now: these modules bind to the backend chosen above.
     from oslo_service import service as oslo_service
 

@@ -39,6 +39,7 @@ from cachekeeper import config
 from cachekeeper import coordination
 from cachekeeper import demo
 from cachekeeper import glance
+from cachekeeper import printable
 from cachekeeper import status
 from cachekeeper.scrub import db
 from cachekeeper.scrub import ledger
@@ -131,7 +132,7 @@ class CacheCommands:
             print(result.to_json())
         else:
             for line in _file_table(result.files):
-                print(line)
+                print(printable.escape(line))
             print(result.summary_line())
         return result.exit_code
 
@@ -162,7 +163,7 @@ class CacheCommands:
         if as_json:
             print(json.dumps(document, indent=2, sort_keys=True))
         else:
-            print('\n'.join(status.render(document)))
+            print('\n'.join(map(printable.escape, status.render(document))))
         return 0
 
     @args('path', metavar='PATH',
@@ -185,7 +186,8 @@ class CacheCommands:
         evaluation = manager.CacheManager(CONF, scrub_queue).evaluate()
         for decision in evaluation.decisions:
             if decision.base_file.path == path:
-                print('\n'.join(_explanation(decision, evaluation)))
+                print('\n'.join(map(printable.escape,
+                                    _explanation(decision, evaluation))))
                 print('\n'.join(_ledger_lines(
                     ledger.lookup(scrub_queue.state_db,
                                   decision.base_file.name))))
@@ -522,5 +524,6 @@ def main():
     logging.set_defaults(default_log_levels=(
         logging.get_default_log_levels() + ['cachekeeper=WARNING']))
     logging.setup(CONF, 'cachekeeper-manage')
+    printable.escape_log_messages()
     method = CONF.category.action_fn
     return method(CONF.category.command_class(), **_action_kwargs(method)) or 0
