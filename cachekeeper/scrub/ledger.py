@@ -63,6 +63,12 @@ def record_usage(state_db, in_use_names, unused_names, now,
 
 def lookup(state_db, name):
     """Return the LedgerEntry of cache file ``name``, or None."""
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:
+        # A name with bytes that are not UTF-8 is no name of nova's, and
+        # SQLite cannot hold it: never recorded.
+        return None
     rows = state_db.query(
         'SELECT name, first_seen_unused, last_seen_in_use FROM ledger '
         'WHERE name = ?', (name,))

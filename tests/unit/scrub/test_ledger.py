@@ -38,6 +38,10 @@ class LedgerTestCase(fixtures.TestWithFixtures, unittest.TestCase):
     def test_unknown_name(self):
         self.assertIsNone(self.lookup('a'))
 
+    def test_name_that_is_not_utf8_is_unknown(self):
+        # As os.listdir gives a name with the byte 0xff.
+        self.assertIsNone(self.lookup('a\udcff'))
+
     def test_first_seen_unused_is_kept_across_passes(self):
         ledger.record_usage(self.state_db, [], ['a'], 100.0)
         ledger.record_usage(self.state_db, [], ['a'], 200.0)
