@@ -25,6 +25,7 @@ import cachekeeper.conf
 from cachekeeper import version
 
 CONF = cachekeeper.conf.CONF
+LOG = logging.getLogger(__name__)
 
 # The exit status for bad configuration and bad usage (argparse uses it too).
 EXIT_CONFIG = 2
@@ -82,22 +83,71 @@ def validate(conf):
 
 def _invalid_values(conf):
     """Read every option once: oslo.config checks file values lazily."""
+    return _read_all(conf)[1]
+
+
+def _read_all(conf):
+    """Read every option; return ({(group, name): value}, problems).
+
+    ``group`` is None for the DEFAULT group, as in oslo.config's mutate
+    hooks; an option whose value is invalid has no value.
+    """
+    values = {}
     problems = []
 
     def read(namespace, group, name):
         try:
-            return namespace[name]
+            value = namespace[name]
         except (cfg.ConfigFileValueError, ValueError,
                 cfg.NoSuchOptError) as e:
             # NoSuchOptError: a $name in the value that is no option.
-            problems.append(_option_problem(group, name, _reason(e)))
+            problems.append(_option_problem(group or 'DEFAULT', name,
+                                            _reason(e)))
+            return None
+        if not isinstance(value, cfg.ConfigOpts.GroupAttr):
+            values[(group, name)] = value
+        return value
 
     for key in sorted(conf):
-        value = read(conf, 'DEFAULT', key)
+        value = read(conf, None, key)
         if isinstance(value, cfg.ConfigOpts.GroupAttr):
             for name in sorted(value):
                 read(value, key, name)
-    return problems
+    return values, problems
+
+
+class ReloadGuard:
+    """A mutate hook that keeps the running values when a reload is bad.
+
+    oslo.config applies reloaded files before any hook can check them, and
+    an invalid value then fails wherever it is read: in the daemon's loop,
+    in oslo.service's reload. When the reloaded configuration has problems,
+    the options that the reload changed get their running values back (as
+    overrides, until a reload without problems), and each problem is one
+    log line.
+    """
+
+    def __init__(self, conf):
+        self._conf = conf
+        self._values = _read_all(conf)[0]
+        self._kept = set()
+
+    def __call__(self, conf, fresh):
+        for group, name in self._kept:
+            conf.clear_override(name, group)
+        changed = self._kept | set(fresh)
+        self._kept = set()
+        problems = validate(conf)
+        if not problems:
+            self._values = _read_all(conf)[0]
+            return
+        for group, name in sorted(changed, key=str):
+            if (group, name) in self._values:
+                conf.set_override(name, self._values[(group, name)], group)
+                self._kept.add((group, name))
+        for problem in problems:
+            LOG.error('Configuration not reloaded, the running values stay: '
+                      '%s', problem)
 
 
 def _reason(error):

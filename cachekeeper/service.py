@@ -90,6 +90,7 @@ class CacheKeeperService(service.Service):
         self._coordinator = None
         self._first_pass_at = None
         self._last_drain = None
+        self._reloaded = False
 
     def start(self):
         super().start()
@@ -141,7 +142,9 @@ class CacheKeeperService(service.Service):
                 and CONF.image_cache.remove_unused_base_images)
 
     def _config_changed(self, conf, fresh):
-        self._log_interval('Configuration reloaded')
+        # Read by the loop: mutate hooks run in no set order, and values
+        # are good only once config.ReloadGuard's has run.
+        self._reloaded = True
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -158,6 +161,9 @@ class CacheKeeperService(service.Service):
         try:
             last_pass = None
             while not self._stopping.is_set():
+                if self._reloaded:
+                    self._reloaded = False
+                    self._log_interval('Configuration reloaded')
                 now = time.monotonic()
                 if self._pass_is_due(last_pass, now):
                     last_pass = self._last_drain = now

@@ -34,6 +34,8 @@ def main():
         for problem in e.problems:
             print('cachekeeper: %s' % problem, file=sys.stderr)
         return config.EXIT_CONFIG
+    # A reload with bad values keeps the running ones.
+    CONF.register_mutate_hook(config.ReloadGuard(CONF))
     notifier = systemd.Notifier.from_environment()
     concurrency.init_backend(CONF.service_backend)
     # A Glance outage is told once by cachekeeper.glance, not at every

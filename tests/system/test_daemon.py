@@ -86,6 +86,27 @@ class DaemonTestMixin:
         self.assertIn('STOPPING=1', process.read_notifications())
         self._assert_clean_log(process)
 
+    def test_reload_with_a_bad_value_keeps_the_running_values(self):
+        process = self._start(interval=1)
+        process.wait_for(PASS_LINE, count=1)
+        self._configure(interval='often')
+        process.signal(signal.SIGHUP)
+        process.wait_for(r'ERROR cachekeeper.config .* Configuration not '
+                         r'reloaded.*\[image_cache\] manager_interval')
+        before = len(process.lines(PASS_LINE))
+        passes = process.wait_for(PASS_LINE, count=before + 2)
+        gap = (_timestamp(passes[-1]) - _timestamp(passes[-2]))
+        self.assertLess(gap.total_seconds(), 1.6)
+
+        # A good reload after a bad one applies.
+        self._configure(interval=2)
+        process.signal(signal.SIGHUP)
+        process.wait_for(r'a pass every 2 s')
+        status, _seconds = process.stop()
+        self.assertEqual(0, status)
+        self.assertNotIn('Traceback', process.log())
+        self.assertEqual(1, len(process.lines(' ERROR ')), process.log())
+
     def test_fractional_interval(self):
         process = self._start(interval=0.2)
         process.wait_for(r'a pass every 0.2 s')

@@ -156,3 +156,49 @@ class ParseArgsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
                               conf=conf)
         self.assertEqual(1, len(ctx.exception.problems))
         self.assertIn(missing, ctx.exception.problems[0])
+
+
+
+class ReloadGuardTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.path = os.path.join(tmp, 'cachekeeper.conf')
+        self.state_path = os.path.join(tmp, 'state')
+        os.mkdir(self.state_path)
+
+    def _write(self, text):
+        with open(self.path, 'w') as f:
+            f.write('[DEFAULT]\nstate_path = %s\n[image_cache]\n%s'
+                    % (self.state_path, text))
+
+    def _reload(self, conf, text):
+        self._write(text)
+        with self.assertLogs('cachekeeper.config', 'ERROR') as logged:
+            conf.mutate_config_files()
+        return logged.output
+
+    def test_bad_values_keep_the_running_ones_until_a_good_reload(self):
+        conf = cfg.ConfigOpts()
+        cachekeeper.conf.register_opts(conf)
+        self._write('manager_interval = 60\n')
+        config.parse_args(['cachekeeper', '--config-file', self.path],
+                          conf=conf)
+        conf.register_mutate_hook(config.ReloadGuard(conf))
+
+        logged = self._reload(conf, 'manager_interval = often\n')
+        self.assertEqual(1, len(logged), logged)
+        self.assertIn('[image_cache] manager_interval', logged[0])
+        self.assertEqual(60, conf.image_cache.manager_interval)
+        # Still bad, and another value that is bad only with the others.
+        logged = self._reload(conf, 'manager_interval = often\n'
+                              'disk_low_watermark_percent = 90\n')
+        self.assertEqual(1, len(logged), logged)
+        self.assertEqual(60, conf.image_cache.manager_interval)
+        self.assertEqual(80, conf.image_cache.disk_low_watermark_percent)
+
+        self._write('manager_interval = 30\n')
+        conf.mutate_config_files()
+        self.assertEqual(30, conf.image_cache.manager_interval)
+        self.assertEqual([], config.validate(conf))
