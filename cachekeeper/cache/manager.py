@@ -246,7 +246,7 @@ class CacheManager:
     def _adopt_orphans(self):
         try:
             self.scrub_queue.adopt_orphans(time.time())
-        except (OSError, db.StateError) as e:
+        except (OSError, db.StateError, queue.ScrubError) as e:
             self._state_problem('Cannot look for files in quarantine '
                                 'without a scrub queue entry', e)
 
@@ -365,7 +365,7 @@ class CacheManager:
             warnings[('registry', path)] = (
                 'Cannot register host %s in %s: %s; nova on the hosts that '
                 'share it may not count this host\'s instances'
-                % (self.conf.host, path, e))
+                % (self.conf.host, path, e.strerror or e))
             return registry.read(instances_path)
 
     def _pass_hold(self, storage, warnings):

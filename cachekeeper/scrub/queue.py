@@ -767,11 +767,14 @@ class ScrubQueue:
         """Queue the files in quarantine that have no entry.
 
         What reconcile does for them at start-up, for a process that runs
-        on: returns how many were adopted.
+        on: returns how many were adopted. Raises ScrubError when the
+        quarantine directory cannot be listed.
         """
         result = ReconcileResult()
         with self._drain_lock():
             self._adopt_orphans(now, result)
+        if result.errors:
+            raise ScrubError(result.errors[0]['message'])
         return result.adopted
 
     def _adopt_orphans(self, now, result):
@@ -783,7 +786,6 @@ class ScrubQueue:
         except OSError as e:
             message = 'cannot list quarantine directory %s: %s' % (
                 self.host_dir, _errno_text(e))
-            LOG.error('%s', message)
             result.errors.append({'path': self.host_dir, 'message': message})
             return
         rows = self.state_db.query(

@@ -29,8 +29,10 @@ import pytest
 
 from cachekeeper import coordination
 from tests.functional.cache import hosttree
+from tests.system import daemon as system_daemon
 
 OLD = 2 * hosttree.DAY
+PASS_LINE = r'INFO cachekeeper.service .* Pass done'
 UUID = '6f1c4a52-2d0e-4c36-9a51-0000000000aa'
 ROOT = hosttree.image('root')
 UNUSED = hosttree.image('unused')
@@ -173,3 +175,38 @@ def test_quarantine_dir_that_is_an_instance_directory_is_refused(tmp_path):
     assert 'quarantine_dir' in process.stderr, process.stderr
     assert hosttree.snapshot(host.instances_path) == before
     assert stat.S_ISREG(os.stat(host.cache_path(ROOT)).st_mode)
+
+
+def test_lasting_faults_are_told_once_under_the_daemon(tmp_path):
+    host = hosttree.HostTree(tmp_path / 'host')
+    build(host)
+    system_daemon.write_config(
+        host.config_file,
+        DEFAULT={'instances_path': host.instances_path,
+                 'state_path': host.state_path, 'host': 'compute-test',
+                 'service_backend': 'threading'},
+        image_cache={'manager_interval': 1,
+                     'remove_unused_original_minimum_age_seconds':
+                         hosttree.DAY})
+    daemon = system_daemon.Daemon(host.root, host.config_file)
+    try:
+        daemon.wait_for(PASS_LINE)
+        # Every later pass meets both: registering needs a lock file in
+        # locks/, adopting files needs the host's quarantine directory.
+        quarantine = os.path.join(host.instances_path,
+                                  '.cachekeeper-quarantine', 'compute-test')
+        os.rename(quarantine, quarantine + '.away')
+        os.rename(host.locks_dir, host.locks_dir + '.away')
+        with open(host.locks_dir, 'w'):
+            pass
+        daemon.wait_for(PASS_LINE, count=len(daemon.lines(PASS_LINE)) + 4)
+        assert daemon.process.poll() is None
+        status, _seconds = daemon.stop(timeout=20)
+    finally:
+        daemon.kill()
+    log = daemon.log()
+    assert status == 0, log
+    assert 'Traceback' not in log, log
+    assert len(daemon.lines('Cannot register host')) == 1, log
+    assert len(daemon.lines('cannot list quarantine directory')) == 1, log
+    assert os.path.exists(host.cache_path(ROOT))
