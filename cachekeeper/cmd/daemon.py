@@ -14,6 +14,7 @@
 
 import sys
 
+from oslo_config import cfg
 from oslo_log import log as logging
 
 from cachekeeper import concurrency
@@ -62,6 +63,17 @@ def main():
     launcher = oslo_service.launch(
         CONF, service.CacheKeeperService(notifier), workers=1,
         restart_method='mutate')
-    launcher.wait()
+    while True:
+        try:
+            launcher.wait()
+        except cfg.Error as e:
+            # At SIGHUP oslo.config reads the files again before any hook
+            # sees them: a file gone, unreadable or no longer ini ends the
+            # wait with the running configuration untouched. Values that do
+            # not validate are config.ReloadGuard's business.
+            LOG.error('Configuration not reloaded, the running values '
+                      'stay: %s', e)
+            continue
+        break
     notifier.stopping()
     return 0

@@ -107,6 +107,38 @@ class DaemonTestMixin:
         self.assertNotIn('Traceback', process.log())
         self.assertEqual(1, len(process.lines(' ERROR ')), process.log())
 
+    def test_reload_without_a_readable_config_file_keeps_running(self):
+        process = self._start(interval=1)
+        process.wait_for(PASS_LINE, count=1)
+        with open(self.config_file) as f:
+            good = f.read()
+        # The threading backend's reload is cotyledon's: it logs the
+        # error with its traceback, and its worker goes on as it was.
+        said = (r'ERROR cachekeeper.cmd.daemon .* Configuration not '
+                r'reloaded, the running values stay: .*'
+                if self.backend == 'eventlet' else
+                r'ERROR cotyledon.* Exception raised during reload hooks: .*')
+        for broken, problem in (
+                (lambda: os.unlink(self.config_file), 'Failed to find'),
+                (lambda: self._write_file('[image_cache\n'), 'parse')):
+            broken()
+            process.signal(signal.SIGHUP)
+            process.wait_for(said + problem)
+            before = len(process.lines(PASS_LINE))
+            process.wait_for(PASS_LINE, count=before + 2)
+        self._write_file(good.replace('manager_interval = 1',
+                                      'manager_interval = 2'))
+        process.signal(signal.SIGHUP)
+        process.wait_for(r'a pass every 2 s')
+        status, _seconds = process.stop()
+        self.assertEqual(0, status)
+        if self.backend == 'eventlet':
+            self.assertNotIn('Traceback', process.log())
+
+    def _write_file(self, text):
+        with open(self.config_file, 'w') as f:
+            f.write(text)
+
     def test_fractional_interval(self):
         process = self._start(interval=0.2)
         process.wait_for(r'a pass every 0.2 s')
