@@ -64,7 +64,7 @@ import tooz
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import registry
-from cachekeeper import jsonfile
+from cachekeeper import smallfile
 
 LOG = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def read_leader(instances_path, cache_dir):
     the next leader writes its own.
     """
     try:
-        record = json.loads(jsonfile.read(
+        record = json.loads(smallfile.read(
             leader_record_path(instances_path, cache_dir),
             MAX_LEADER_RECORD_BYTES))
         return LeaderRecord(host=str(record['host']), pid=int(record['pid']),
@@ -437,9 +437,9 @@ class Coordinator:
             self._answered_at = asked_at
         self._record = record
         try:
-            jsonfile.replace(leader_record_path(self.instances_path,
-                                                self.cache_dir),
-                             record.to_dict(), '.' + LEADER_PREFIX)
+            smallfile.replace_json(
+                leader_record_path(self.instances_path, self.cache_dir),
+                record.to_dict(), '.' + LEADER_PREFIX)
         except OSError as e:
             LOG.warning('Cannot record the leader of %s: %s', self.cache_dir,
                         e)

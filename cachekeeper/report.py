@@ -20,7 +20,7 @@ import os
 from oslo_utils import units
 
 from cachekeeper.cache import facts
-from cachekeeper import jsonfile
+from cachekeeper import smallfile
 
 REPORT_FILE = 'last_pass.json'
 
@@ -192,5 +192,5 @@ def read(state_path):
 
 def write(report, state_path):
     """Write the JSON report into ``state_path`` atomically."""
-    jsonfile.replace(os.path.join(state_path, REPORT_FILE), report.to_dict(),
-                     '.' + REPORT_FILE)
+    smallfile.replace_json(os.path.join(state_path, REPORT_FILE),
+                           report.to_dict(), '.' + REPORT_FILE)

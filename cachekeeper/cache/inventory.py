@@ -37,6 +37,7 @@ from oslo_utils import units
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
+from cachekeeper import smallfile
 
 LOG = logging.getLogger(__name__)
 
@@ -99,24 +100,14 @@ def _exists(path):
 def _read_small_file(path):
     """Return the content of a small regular file; None if it is gone.
 
-    A FIFO or device is refused without waiting on it.
+    A FIFO or device is refused without waiting on it (ValueError).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return smallfile.read(path, MAX_METADATA_BYTES)
     except OSError as e:
         if e.errno in _GONE:
             return None
         raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError('not a regular file')
-        with open(fd, 'rb', closefd=False) as f:
-            data = f.read(MAX_METADATA_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_METADATA_BYTES:
-        raise ValueError('larger than %d bytes' % MAX_METADATA_BYTES)
-    return data
 
 
 def _has_protocol(name):

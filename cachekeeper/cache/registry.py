@@ -63,7 +63,7 @@ from oslo_log import log as logging
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
-from cachekeeper import jsonfile
+from cachekeeper import smallfile
 
 LOG = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def register(instances_path, host, now):
                 e.strerror or e))
         _remove_residue(instances_path)
         hosts[host] = now
-        jsonfile.replace(path, hosts, TEMP_PREFIX)
+        smallfile.replace_json(path, hosts, TEMP_PREFIX)
         return Registry(path, hosts)
 
 
@@ -208,7 +208,7 @@ def _registry_lock(instances_path, create):
 
 def _read_hosts(path):
     try:
-        data = jsonfile.read(path, MAX_REGISTRY_BYTES)
+        data = smallfile.read(path, MAX_REGISTRY_BYTES)
     except FileNotFoundError:
         return {}
     except ValueError as e:

@@ -16,7 +16,7 @@ import stat
 
 import pytest
 
-from cachekeeper import jsonfile
+from cachekeeper import smallfile
 
 PREFIX = '.state.json.'
 NOVA_UID = 64061
@@ -30,7 +30,7 @@ def mode_and_owner(path):
 
 def test_a_new_file_is_0644_and_owned_like_its_directory(tmp_path):
     path = tmp_path / 'state.json'
-    jsonfile.replace(str(path), {'hosts': ['a', 'b']}, PREFIX)
+    smallfile.replace_json(str(path), {'hosts': ['a', 'b']}, PREFIX)
     assert json.loads(path.read_text()) == {'hosts': ['a', 'b']}
     directory = os.stat(tmp_path)
     assert mode_and_owner(path) == (0o644, directory.st_uid,
@@ -43,7 +43,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
     path.write_text('{}')
     os.chmod(path, 0o600)
     inode = os.stat(path).st_ino
-    jsonfile.replace(str(path), {'n': 1}, PREFIX)
+    smallfile.replace_json(str(path), {'n': 1}, PREFIX)
     assert json.loads(path.read_text()) == {'n': 1}
     assert mode_and_owner(path)[0] == 0o600
     # Replaced, not rewritten: a reader holding the old file keeps it whole.
@@ -54,7 +54,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / 'state.json'
     path.write_text('{"old": true}')
     with pytest.raises(TypeError):
-        jsonfile.replace(str(path), {'not json': object()}, PREFIX)
+        smallfile.replace_json(str(path), {'not json': object()}, PREFIX)
     assert path.read_text() == '{"old": true}'
     assert os.listdir(tmp_path) == ['state.json']
 
@@ -63,24 +63,24 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_ownership_follows_the_replaced_file_else_the_directory(tmp_path):
     os.chown(tmp_path, NOVA_UID, NOVA_GID)
     new = tmp_path / 'new.json'
-    jsonfile.replace(str(new), [], PREFIX)
+    smallfile.replace_json(str(new), [], PREFIX)
     assert mode_and_owner(new) == (0o644, NOVA_UID, NOVA_GID)
 
     kept = tmp_path / 'kept.json'
     kept.write_text('[]')
     os.chown(kept, NOVA_UID + 1, NOVA_GID + 1)
-    jsonfile.replace(str(kept), [1], PREFIX)
+    smallfile.replace_json(str(kept), [1], PREFIX)
     assert mode_and_owner(kept)[1:] == (NOVA_UID + 1, NOVA_GID + 1)
 
 
 def test_read_returns_a_small_regular_file(tmp_path):
     path = tmp_path / 'state.json'
     path.write_bytes(b'{"a": 1}')
-    assert jsonfile.read(str(path), 8) == b'{"a": 1}'
+    assert smallfile.read(str(path), 8) == b'{"a": 1}'
     with pytest.raises(ValueError, match='larger than 7 bytes'):
-        jsonfile.read(str(path), 7)
+        smallfile.read(str(path), 7)
     with pytest.raises(FileNotFoundError):
-        jsonfile.read(str(tmp_path / 'missing'), 8)
+        smallfile.read(str(tmp_path / 'missing'), 8)
 
 
 @pytest.mark.parametrize('make', [os.mkfifo, os.mkdir])
@@ -89,4 +89,4 @@ def test_read_refuses_what_is_not_a_file_without_waiting(tmp_path, make):
     path = str(tmp_path / 'state.json')
     make(path)
     with pytest.raises(ValueError, match='not a regular file'):
-        jsonfile.read(path, 8)
+        smallfile.read(path, 8)

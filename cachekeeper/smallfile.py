@@ -10,14 +10,16 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""JSON files replaced whole: a reader sees the old file or the new one.
+"""Small files: read without waiting on them, and JSON replaced whole.
 
-The pass report, nova's storage registry and the leader record are written
-this way. The new file is written under a temporary name in the same
-directory and renamed over the old one; a writer that dies leaves the
-temporary file, which its owner cleans up (see cachekeeper.cache.residue
-and cachekeeper.cache.registry). Those among nova's files are read without
-waiting: anyone who can write there can put a FIFO in their place.
+Metadata files in instance directories and nova's files in instances_path
+are read with read(): anyone who can write there can put a FIFO or a huge
+file in their place. The pass report, nova's storage registry and the
+leader record are written with replace_json(), which a reader sees as the
+old file or the new one: the new file is written under a temporary name in
+the same directory and renamed over the old one; a writer that dies leaves
+the temporary file, which its owner cleans up (see
+cachekeeper.cache.residue and cachekeeper.cache.registry).
 """
 
 import contextlib
@@ -29,7 +31,7 @@ import tempfile
 NEW_FILE_MODE = 0o644
 
 
-def replace(path, document, temporary_prefix):
+def replace_json(path, document, temporary_prefix):
     """Replace ``path`` with ``document`` as JSON, atomically and durably.
 
     The new file gets the owner, group and mode of the one it replaces (or
