@@ -37,12 +37,11 @@ class FileReport:
 
     @classmethod
     def from_decision(cls, decision, verdict=None, reason=None):
-        return cls(path=decision.base_file.path,
-                   kind=decision.base_file.kind,
-                   verdict=verdict or decision.verdict,
-                   age_s=round(decision.age, 1),
-                   size=decision.base_file.size,
-                   reason=reason or decision.reason)
+        base_file = decision.base_file
+        # Positional, as plan.decide makes a Decision: one per cache file.
+        return cls(base_file.path, base_file.kind, verdict or decision.verdict,
+                   round(decision.age, 1), base_file.size,
+                   reason or decision.reason)
 
     def to_dict(self):
         # dataclasses.asdict copies deeply, ten times slower for strings.

@@ -175,8 +175,11 @@ def decide(base_file, usage, policy, now, catalog=None):
     kind = base_file.kind
     age = now - base_file.mtime
 
-    def decision(verdict, reason, **extra):
-        return facts.Decision(base_file, verdict, reason, age, **extra)
+    def decision(verdict, reason, min_age=None, references=()):
+        # Positional: a pass makes one per cache file, and keywords would
+        # double the cost of making it.
+        return facts.Decision(base_file, verdict, reason, age, min_age,
+                              references)
 
     if kind == facts.FOREIGN:
         return decision(facts.IGNORED, _foreign_reason(base_file))
