@@ -190,10 +190,10 @@ class Inspector:
         if self.cache is not None:
             self.cache.save(prune=prune)
 
-    def keep(self, st_dev, st_ino):
+    def keep(self, inodes):
         """See InspectionCache.keep."""
         if self.cache is not None:
-            self.cache.keep(st_dev, st_ino)
+            self.cache.keep(inodes)
 
     def _command(self, path, fmt):
         command = ['qemu-img', 'info', '--output=json', '--force-share',

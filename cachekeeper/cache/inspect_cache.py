@@ -134,14 +134,17 @@ class InspectionCache:
                 self._entries[key] = entry
                 self._pending[key] = entry
 
-    def keep(self, st_dev, st_ino):
-        """Keep the answers about an inode a pass relies on unread.
+    def keep(self, inodes):
+        """Keep the answers about inodes a pass relies on unread.
 
-        An instance directory carried over from the last pass is not read
-        again, but its disks' answers still serve the next process.
+        ``inodes`` are (st_dev, st_ino) pairs. An instance directory
+        carried over from the last pass is not read again, but its disks'
+        answers still serve the next process.
         """
+        kept = {(_signed(st_dev), _signed(st_ino))
+                for st_dev, st_ino in inodes}
         with self._lock:
-            self._kept_inodes.add((_signed(st_dev), _signed(st_ino)))
+            self._kept_inodes |= kept
 
     def save(self, prune=False):
         """Write the new answers; with ``prune``, forget the unused ones.

@@ -1019,10 +1019,9 @@ class Inventory:
             self.memory.directories = self._directories
             # Every disk was read or is known unchanged: what the cache
             # holds about others is of no more use.
-            for directory in self._directories.values():
-                for kind, _path, was in directory.inputs:
-                    if kind == _READ:
-                        self.inspector.keep(was[0], was[1])
+            self.inspector.keep(
+                was[:2] for directory in self._directories.values()
+                for kind, _path, was in directory.inputs if kind == _READ)
             self.inspector.save(prune=True)
             usage = facts.Usage()
             for doubt in self._all_doubts():
