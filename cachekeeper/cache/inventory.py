@@ -1102,11 +1102,14 @@ class Inventory:
         and to <uuid>_del), so instances_path is listed before and after
         each read, and what moved meanwhile is read again under its new
         name. Directories made or deleted meanwhile need no second read.
-        If directories keep moving, nothing may be removed.
+        If directories keep moving, nothing may be removed. When no
+        directory had to be read, none was listed again: each was found as
+        its evidence says, under whatever name it has now.
         """
         listing, directories, doubts = self._list()
         for _attempt in range(MAX_READS):
-            self._read_changed(cache_names, directories, doubts)
+            if not self._read_changed(cache_names, directories, doubts):
+                return
             # The listing after this read is the one before the next.
             after, directories, doubts = self._list()
             if not _moved(listing, after):
@@ -1118,7 +1121,10 @@ class Inventory:
                     'read'))
 
     def _read_changed(self, cache_names, directories, doubts):
-        """Read the ``directories`` (from _list) that changed."""
+        """Read the ``directories`` (from _list) that changed.
+
+        Returns whether any had to be read.
+        """
         self._doubts = list(doubts)
         reader = _Reader(self.inspector, self.cache_dir, cache_names,
                          self.memory.parsed_files)
@@ -1132,11 +1138,15 @@ class Inventory:
                 current[directory.path] = known
             else:
                 changed.append(directory)
-        current.update(reader.read(changed))
-        # In path order whatever was read again, so that the first of a
-        # file's references, which a report shows, does not depend on it.
-        self._directories = dict(sorted(current.items()))
+        if changed:
+            current.update(reader.read(changed))
+            # In path order whatever was read again (_list's order), so
+            # that the first of a file's references, which a report
+            # shows, does not depend on it.
+            current = dict(sorted(current.items()))
+        self._directories = current
         self._domains = self._refresh_domains(reader)
+        return bool(changed)
 
     def _refresh_domains(self, reader):
         """Read the domains that are new, changed or had doubts."""
