@@ -1015,14 +1015,17 @@ class Inventory:
             self._directories = self._carried()
             self._domains = {}
             self.memory.parsed_files.new_pass()
-            self._refresh(self._cache_names)
+            read = self._refresh(self._cache_names)
             self.memory.directories = self._directories
-            # Every disk was read or is known unchanged: what the cache
-            # holds about others is of no more use.
-            self.inspector.keep(
-                was[:2] for directory in self._directories.values()
-                for kind, _path, was in directory.inputs if kind == _READ)
-            self.inspector.save(prune=True)
+            if read:
+                # Every disk was read or is known unchanged: what the
+                # cache holds about others is of no more use. (Without a
+                # read, what it holds about deleted disks waits for one.)
+                self.inspector.keep(
+                    was[:2] for directory in self._directories.values()
+                    for kind, _path, was in directory.inputs
+                    if kind == _READ)
+            self.inspector.save(prune=read)
             usage = facts.Usage()
             for doubt in self._all_doubts():
                 usage.add_doubt(doubt)
@@ -1104,21 +1107,23 @@ class Inventory:
         name. Directories made or deleted meanwhile need no second read.
         If directories keep moving, nothing may be removed. When no
         directory had to be read, none was listed again: each was found as
-        its evidence says, under whatever name it has now.
+        its evidence says, under whatever name it has now. Returns whether
+        any directory was read.
         """
         listing, directories, doubts = self._list()
-        for _attempt in range(MAX_READS):
+        for attempt in range(MAX_READS):
             if not self._read_changed(cache_names, directories, doubts):
-                return
+                return attempt > 0
             # The listing after this read is the one before the next.
             after, directories, doubts = self._list()
             if not _moved(listing, after):
-                return
+                return True
             listing = after
         self._doubts.append(facts.Doubt(
             source=self.instances_path,
             message='instance directories kept changing while they were '
                     'read'))
+        return True
 
     def _read_changed(self, cache_names, directories, doubts):
         """Read the ``directories`` (from _list) that changed.

@@ -13,6 +13,7 @@
 """The inspection cache: real SQLite, real images, real qemu-img."""
 
 import os
+import shutil
 import time
 import types
 
@@ -286,3 +287,41 @@ def test_answers_of_directories_carried_over_are_kept(state_db, tmp_path):
     fresh = inspector(state_db, inspect.QEMU_IMG)
     fresh.inspect(str(directory / 'disk'), 'qcow2')
     assert (fresh.cache_hits, fresh.qemu_img_calls) == (1, 0)
+
+
+def test_deleted_disks_are_forgotten_by_the_next_pass_that_reads(
+        state_db, tmp_path):
+    instances = tmp_path / 'instances'
+    cache_dir = instances / '_base'
+    cache_dir.mkdir(parents=True)
+    (cache_dir / 'base').write_bytes(b'')
+    past = time.time() - 3600
+
+    def instance(name):
+        directory = instances / name
+        directory.mkdir()
+        hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                          cache_dir / 'base', directory / 'disk')
+        for path in (directory, directory / 'disk'):
+            os.utime(path, (past, past))
+        return directory
+
+    def run_pass():
+        inventory.Inventory(
+            str(instances), str(cache_dir),
+            inspect.Inspector(method=inspect.QEMU_IMG, cache=cache),
+            memory=memory).collect(['base'])
+        return len(state_db.query('SELECT ino FROM inspection'))
+
+    instance('kept')
+    instance('deleted')
+    memory = inventory.Memory()
+    cache = inspect_cache.InspectionCache(state_db)
+    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    assert run_pass() == 2
+    shutil.rmtree(instances / 'deleted')
+    # Nothing read: nothing learnt, nothing forgotten.
+    assert run_pass() == 2
+    instance('new')
+    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    assert run_pass() == 2
