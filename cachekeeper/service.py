@@ -163,7 +163,9 @@ class CacheKeeperService(service.Service):
             while not self._stopping.is_set():
                 if self._reloaded:
                     self._reloaded = False
-                    self._log_interval('Configuration reloaded')
+                    # Read again, not necessarily taken: values that do
+                    # not validate keep their running ones.
+                    self._log_interval('Configuration read again')
                 now = time.monotonic()
                 if self._pass_is_due(last_pass, now):
                     last_pass = self._last_drain = now
