@@ -481,7 +481,8 @@ def _racy_horizon(clock=time.time_ns):
     return clock() - RACY_SECONDS * 10 ** 9
 
 
-# Not frozen: each pass makes two per directory (see facts.Decision).
+# Not frozen: each pass makes one or two per directory (see
+# facts.Decision).
 @dataclasses.dataclass(slots=True)
 class _InstanceDirectory:
     """An instance directory as listed: its stat (following symlinks) and,
@@ -955,19 +956,27 @@ class _Reader:
 
 
 def _moved(before, after):
-    """Whether an entry of listing ``before`` was renamed by ``after``.
+    """Whether a directory may have moved while listing ``before`` was
+    listed and read, as listing ``after`` shows.
 
-    Renamed is an entry whose inode is under another name now, or one
+    Moved is an entry whose inode is under another name now, or one
     renamed away and back: its change time moved but not its modification
-    time, which a change of its content moves too.
+    time, which a change of its content moves too. A name is listed before
+    it is stat'ed, so a directory renamed in between is in ``before``
+    under neither name: the old one has no state (its stat failed) or the
+    inode of a directory made in its place (nova's resize makes the new
+    <uuid> right after renaming the old one to <uuid>_resize), and only
+    ``after`` has the new one. Every inode ``before`` did not have counts
+    as moved, then: a directory made meanwhile costs one more read.
     """
     if before is None or after is None:
         return before is not after
+    if None in before.values():
+        return True
     names = {state[0]: name for name, state in after.items() if state}
-    for name, state in before.items():
-        if state is None:
-            continue
-        ino, mtime_ns, ctime_ns = state
+    if not names.keys() <= {state[0] for state in before.values()}:
+        return True
+    for name, (ino, mtime_ns, ctime_ns) in before.items():
         if names.get(ino, name) != name:
             return True
         now = after.get(name)
@@ -1100,19 +1109,22 @@ class Inventory:
     def _refresh(self, cache_names):
         """Read what changed until no directory moves while it is read.
 
-        A directory renamed while it is read hides its disks from that
-        read (nova renames <uuid> to <uuid>_resize, back again on a revert,
-        and to <uuid>_del), so instances_path is listed before and after
-        each read, and what moved meanwhile is read again under its new
-        name. Directories made or deleted meanwhile need no second read.
-        If directories keep moving, nothing may be removed. When no
-        directory had to be read, none was listed again: each was found as
-        its evidence says, under whatever name it has now. Returns whether
+        A directory renamed while it is listed or read hides its disks
+        from that read (nova renames <uuid> to <uuid>_resize, back again on
+        a revert, and to <uuid>_del), so instances_path is listed before
+        and after each read, and what moved meanwhile (see _moved) is read
+        under its new name. If directories keep moving, nothing may be
+        removed. Only when every directory of the listing was found as its
+        evidence says, none is missing and no stat failed is instances_path
+        not listed again: a directory renamed since it was checked still
+        holds what its evidence says, under another name. Returns whether
         any directory was read.
         """
         listing, directories, doubts = self._list()
         for attempt in range(MAX_READS):
-            if not self._read_changed(cache_names, directories, doubts):
+            read = self._read_changed(cache_names, directories, doubts)
+            if not read and listing is not None and (
+                    None not in listing.values()):
                 return attempt > 0
             # The listing after this read is the one before the next.
             after, directories, doubts = self._list()
@@ -1128,7 +1140,8 @@ class Inventory:
     def _read_changed(self, cache_names, directories, doubts):
         """Read the ``directories`` (from _list) that changed.
 
-        Returns whether any had to be read.
+        Returns whether any had to be read or a directory known before is
+        missing from them.
         """
         self._doubts = list(doubts)
         reader = _Reader(self.inspector, self.cache_dir, cache_names,
@@ -1149,9 +1162,10 @@ class Inventory:
             # that the first of a file's references, which a report
             # shows, does not depend on it.
             current = dict(sorted(current.items()))
+        missing = not self._directories.keys() <= current.keys()
         self._directories = current
         self._domains = self._refresh_domains(reader)
-        return bool(changed)
+        return bool(changed) or missing
 
     def _refresh_domains(self, reader):
         """Read the domains that are new, changed or had doubts."""

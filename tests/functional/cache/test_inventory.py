@@ -12,6 +12,7 @@
 
 """The inventory on real instance directories, with real qemu-img."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -654,6 +655,56 @@ def test_recheck_costs_nothing_when_nothing_changed(host):
     assert doubts == []
     assert host.inventory.recheck('B') == ([], [])
     assert host.inspector.qemu_img_calls == calls
+
+
+class ListingRace:
+    """os.scandir that lets nova act once on a directory, right after its
+    names are read and before the pass stats them."""
+
+    def __init__(self, monkeypatch):
+        self.actions = {}
+        self._scandir = os.scandir
+        monkeypatch.setattr(os, 'scandir', self)
+
+    def __call__(self, path):
+        listing = self._scandir(path)
+        action = self.actions.pop(os.fspath(path), None)
+        if action is None:
+            return listing
+        names = list(listing)
+        listing.close()
+        action()
+        return contextlib.nullcontext(iter(names))
+
+
+@pytest.mark.parametrize('nova_does', ['rename', 'resize'])
+def test_directory_renamed_while_listed_is_read(host, monkeypatch,
+                                                 nova_does):
+    host.base('A')
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', host.cache / 'A')
+    host.backdate()
+    backdate_disks(host)
+    memory = inventory.Memory()
+    next_pass(host, memory)
+    race = ListingRace(monkeypatch)
+
+    def rename():
+        os.rename(inst, str(inst) + '_resize')
+        if nova_does == 'resize':
+            inst.mkdir()
+
+    def back():
+        if nova_does == 'resize':
+            inst.rmdir()
+        os.rename(str(inst) + '_resize', inst)
+
+    moved = [str(inst) + '_resize/disk']
+    for check in (lambda: next_pass(host, memory).references_to('A'),
+                  lambda: host.inventory.recheck('A')[0]):
+        race.actions[str(host.instances)] = rename
+        assert [r.source for r in check()] == moved
+        back()
 
 
 def test_recheck_sees_new_directory_and_new_disk(host):

@@ -237,16 +237,22 @@ def test_domain_xml_that_cannot_be_read(data):
 A = (10, 100, 100)
 
 
-@pytest.mark.parametrize('after, moved', [
-    ({'a': A}, False),
-    ({'a': A, 'b': (11, 100, 100)}, False),
-    ({}, False),
-    ({'a': (10, 200, 200)}, False),
-    ({'a_resize': (10, 100, 200)}, True),
-    ({'a': (10, 100, 200)}, True),
-    ({'a': (12, 100, 200), 'a_del': (10, 100, 200)}, True),
-], ids=['still', 'made', 'deleted', 'written', 'renamed',
-        'renamed back', 'replaced'])
-def test_moved(after, moved):
+@pytest.mark.parametrize('before, after, moved', [
+    ({'a': A}, {'a': A}, False),
+    ({'a': A}, {}, False),
+    ({'a': A}, {'a': (10, 200, 200)}, False),
+    ({'a': A}, {'a_resize': (10, 100, 200)}, True),
+    ({'a': A}, {'a': (10, 100, 200)}, True),
+    ({'a': A}, {'a': (12, 100, 200), 'a_del': (10, 100, 200)}, True),
+    # Made meanwhile, or renamed while ``before`` was listed: its name
+    # was listed before its stat, which found nothing there or the
+    # directory made in its place.
+    ({'a': A}, {'a': A, 'b': (11, 100, 100)}, True),
+    ({'a': None}, {'a_resize': A}, True),
+    ({'a': (12, 300, 300)}, {'a': (12, 300, 300), 'a_resize': A}, True),
+], ids=['still', 'deleted', 'written', 'renamed', 'renamed back',
+        'replaced', 'made', 'renamed while listed',
+        'resized while listed'])
+def test_moved(before, after, moved):
     # Listings map names to (inode, mtime, ctime).
-    assert inventory._moved({'a': A}, after) is moved
+    assert inventory._moved(before, after) is moved
