@@ -147,6 +147,14 @@ def reach_problem(backend_url, cache_dir):
     return None
 
 
+def file_backend_dir(backend_url):
+    """The directory of a file backend, or None for another backend."""
+    parsed = urllib.parse.urlsplit(backend_url)
+    if parsed.scheme != FILE_SCHEME:
+        return None
+    return os.path.normpath(parsed.path)
+
+
 def prepare_file_backend(backend_url, lock_name):
     """Make the tree of a file backend, owned like the directory it is in.
 
@@ -154,11 +162,8 @@ def prepare_file_backend(backend_url, lock_name):
     ``locks/`` (the default), what cachekeeper makes there stays nova's.
     A tree whose parent directory is missing is left to tooz.
     """
-    parsed = urllib.parse.urlsplit(backend_url)
-    if parsed.scheme != FILE_SCHEME:
-        return
-    directory = os.path.normpath(parsed.path)
-    if not os.path.isdir(os.path.dirname(directory)):
+    directory = file_backend_dir(backend_url)
+    if directory is None or not os.path.isdir(os.path.dirname(directory)):
         return
     locks.ensure_directory(directory)
     for reserved in FILE_BACKEND_DIRS:

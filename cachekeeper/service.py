@@ -63,6 +63,11 @@ def open_scrub_queue():
     return scrub_queue
 
 
+def _seconds(value):
+    """A number of seconds as written: 2400, 0.2 (not 2400.0, 2.4e+03)."""
+    return ('%f' % value).rstrip('0').rstrip('.')
+
+
 def pass_interval():
     """Seconds between passes, or None when passes are disabled.
 
@@ -152,32 +157,47 @@ class CacheKeeperService(service.Service):
         interval = pass_interval()
         if interval is None:
             LOG.info('%s: passes are disabled '
-                     '([image_cache] manager_interval = %g)',
-                     what, CONF.image_cache.manager_interval)
+                     '([image_cache] manager_interval = %s)',
+                     what, _seconds(CONF.image_cache.manager_interval))
         else:
-            LOG.info('%s: a pass every %g s', what, interval)
+            LOG.info('%s: a pass every %s s', what, _seconds(interval))
 
     def _run(self):
         try:
             last_pass = None
             while not self._stopping.is_set():
-                if self._reloaded:
-                    self._reloaded = False
-                    # Read again, not necessarily taken: values that do
-                    # not validate keep their running ones.
-                    self._log_interval('Configuration read again')
-                now = time.monotonic()
-                if self._pass_is_due(last_pass, now):
-                    last_pass = self._last_drain = now
-                    self._run_pass()
-                elif now >= self._last_drain + CONF.scrubber.drain_interval:
-                    self._last_drain = now
-                    self._drain()
-                else:
-                    self._wakeup.wait(self._sleep_time(last_pass, now))
-                    self._wakeup.clear()
+                try:
+                    last_pass = self._step(last_pass)
+                except Exception:
+                    # The loop must outlive anything: under the threading
+                    # backend a reload races with it, and a value read
+                    # before config.ReloadGuard restores it may be bad.
+                    LOG.exception('Unexpected error in the service loop')
+                    self._wakeup.wait(MAX_SLEEP)
         finally:
             self._loop_done.set()
+
+    def _step(self, last_pass):
+        """Run a pass or a drain if one is due, or sleep until one is.
+
+        Returns when the last pass started (monotonic).
+        """
+        if self._reloaded:
+            self._reloaded = False
+            # Read again, not necessarily taken: values that do not
+            # validate keep their running ones.
+            self._log_interval('Configuration read again')
+        now = time.monotonic()
+        if self._pass_is_due(last_pass, now):
+            last_pass = self._last_drain = now
+            self._run_pass()
+        elif now >= self._last_drain + CONF.scrubber.drain_interval:
+            self._last_drain = now
+            self._drain()
+        else:
+            self._wakeup.wait(self._sleep_time(last_pass, now))
+            self._wakeup.clear()
+        return last_pass
 
     def _pass_is_due(self, last_pass, now):
         due = self._next_pass_at(last_pass)

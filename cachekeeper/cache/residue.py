@@ -31,6 +31,7 @@ from oslo_log import log as logging
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import plan
+from cachekeeper import coordination
 from cachekeeper import glance
 from cachekeeper import report
 
@@ -55,6 +56,11 @@ def places(conf):
     yield conf.state_path, _prefix('.' + report.REPORT_FILE)
     yield (locks.locks_dir(conf.instances_path),
            _prefix(locks.TEMPORARY_PREFIX))
+    backend_dir = coordination.file_backend_dir(
+        conf.coordination.backend_url)
+    if backend_dir is not None:
+        # Its lock files are made as nova's are.
+        yield backend_dir, _prefix(locks.TEMPORARY_PREFIX)
     yield (os.path.join(conf.instances_path,
                         conf.image_cache.subdirectory_name),
            _prefix(glance.DIRECT_IO_PROBE_PREFIX))

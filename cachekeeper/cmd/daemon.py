@@ -66,11 +66,12 @@ def main():
     while True:
         try:
             launcher.wait()
-        except cfg.Error as e:
+        except (cfg.Error, OSError, ValueError) as e:
             # At SIGHUP oslo.config reads the files again before any hook
-            # sees them: a file gone, unreadable or no longer ini ends the
-            # wait with the running configuration untouched. Values that do
-            # not validate are config.ReloadGuard's business.
+            # sees them: a file gone, unreadable, not UTF-8 or no longer
+            # ini ends the wait with the running configuration untouched.
+            # Values that do not validate are config.ReloadGuard's
+            # business.
             LOG.error('Configuration not reloaded, the running values '
                       'stay: %s', e)
             continue

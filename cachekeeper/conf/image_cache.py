@@ -35,7 +35,8 @@ Number of seconds between two passes over the image cache.
 Possible values:
 
 * 0: run at the default interval of 60 seconds (not recommended)
-* -1: no passes; the daemon stays up and does nothing
+* -1 (or any negative value): no passes; the daemon stays up and does
+  nothing
 * Any other value; fractions of a second are allowed (nova's whole seconds
   read the same)
 

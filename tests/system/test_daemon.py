@@ -120,7 +120,9 @@ class DaemonTestMixin:
                 r'ERROR cotyledon.* Exception raised during reload hooks: .*')
         for broken, problem in (
                 (lambda: os.unlink(self.config_file), 'Failed to find'),
-                (lambda: self._write_file('[image_cache\n'), 'parse')):
+                (lambda: self._write_file('[image_cache\n'), 'parse'),
+                (lambda: self._write_file('[DEFAULT]\n# \udcff\n'),
+                 'decode')):
             broken()
             process.signal(signal.SIGHUP)
             process.wait_for(said + problem)
@@ -136,7 +138,7 @@ class DaemonTestMixin:
             self.assertNotIn('Traceback', process.log())
 
     def _write_file(self, text):
-        with open(self.config_file, 'w') as f:
+        with open(self.config_file, 'w', errors='surrogateescape') as f:
             f.write(text)
 
     def test_fractional_interval(self):

@@ -158,7 +158,6 @@ class ParseArgsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.assertIn(missing, ctx.exception.problems[0])
 
 
-
 class ReloadGuardTestCase(fixtures.TestWithFixtures, unittest.TestCase):
 
     def setUp(self):

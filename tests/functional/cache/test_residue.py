@@ -140,7 +140,11 @@ def test_stale_temporary_files_of_cachekeeper_are_removed(tmp_path):
     os.mkdir(os.path.dirname(metrics_file))
     with open(host.config_file, 'a') as f:
         f.write('[DEFAULT]\nmetrics_file = %s\n' % metrics_file)
+    # The default file coordination backend's directory, in locks/.
+    backend_dir = os.path.join(host.locks_dir, 'cachekeeper-coordination')
+    os.makedirs(backend_dir, exist_ok=True)
     stale = [
+        make_file(os.path.join(backend_dir, '.cachekeeper-a1b2c3d4'), OLD),
         make_file(os.path.join(host.state_path, '.last_pass.jsonab12cd34'),
                   OLD),
         make_file(os.path.join(host.locks_dir, '.cachekeeper-k2j3h4g5'),
