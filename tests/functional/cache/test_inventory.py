@@ -657,6 +657,25 @@ def test_recheck_costs_nothing_when_nothing_changed(host):
     assert host.inspector.qemu_img_calls == calls
 
 
+def backdate_disks(host):
+    past = time.time() - 3600
+    for path in host.instances.glob('*/disk*'):
+        os.utime(path, (past, past))
+    # Their change times are now: wait them past the racy window.
+    time.sleep(inventory.RACY_SECONDS + 0.1)
+
+
+def instance_on_a(host):
+    """Instance directory 'inst' with a disk over cache file A, all past
+    the racy window."""
+    host.base('A')
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', host.cache / 'A')
+    host.backdate()
+    backdate_disks(host)
+    return inst
+
+
 class ListingRace:
     """os.scandir that lets nova act once on a directory, right after its
     names are read and before the pass stats them."""
@@ -680,11 +699,7 @@ class ListingRace:
 @pytest.mark.parametrize('nova_does', ['rename', 'resize'])
 def test_directory_renamed_while_listed_is_read(host, monkeypatch,
                                                  nova_does):
-    host.base('A')
-    inst = host.instance('inst')
-    host.overlay(inst / 'disk', host.cache / 'A')
-    host.backdate()
-    backdate_disks(host)
+    inst = instance_on_a(host)
     memory = inventory.Memory()
     next_pass(host, memory)
     race = ListingRace(monkeypatch)
@@ -900,12 +915,6 @@ def test_next_pass_reads_only_what_changed(host):
     assert host.inspector.qemu_img_calls == calls + 2
 
 
-def backdate_disks(host):
-    past = time.time() - 3600
-    for path in host.instances.glob('*/disk*'):
-        os.utime(path, (past, past))
-    # Their change times are now: wait them past the racy window.
-    time.sleep(inventory.RACY_SECONDS + 0.1)
 
 
 def test_next_pass_expands_metadata_for_new_cache_files(host):
@@ -929,11 +938,7 @@ def test_next_pass_reads_again_what_had_doubts(host, fake_bin, tmp_path):
         [ -e %s ] && exit 1
         exec %s "$@"
     """ % (failing, QEMU_IMG))
-    host.base('A')
-    inst = host.instance('inst')
-    host.overlay(inst / 'disk', host.cache / 'A')
-    host.backdate()
-    backdate_disks(host)
+    inst = instance_on_a(host)
     memory = inventory.Memory()
     first = next_pass(host, memory)
     assert [d.source for d in first.doubts] == [str(inst / 'disk')]
