@@ -18,6 +18,7 @@ shows it, and a byte that is not UTF-8 cannot be written to a UTF-8
 stream. Such characters are shown escaped, as Python writes them.
 """
 
+import errno
 import logging
 import re
 
@@ -40,6 +41,13 @@ def escape(text):
     it is escaped: a newline as \\n, ESC as \\x1b, a byte that is not
     UTF-8 as \\xNN."""
     return _UNSAFE.sub(_escaped, text)
+
+
+def errno_text(exc):
+    """An OSError as its errno name and message: EACCES (Permission
+    denied)."""
+    name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
+    return '%s (%s)' % (name, exc.strerror)
 
 
 def escape_log_messages():

@@ -21,7 +21,6 @@ pass.
 
 import contextlib
 import dataclasses
-import errno
 import os
 import stat
 import threading
@@ -34,6 +33,7 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
+from cachekeeper import printable
 from cachekeeper import report
 from cachekeeper.scrub import db
 from cachekeeper.scrub import queue
@@ -119,11 +119,6 @@ def _interrupted(decision):
         return report.FileReport.from_decision(decision, facts.KEPT,
                                                'pass interrupted')
     return report.FileReport.from_decision(decision)
-
-
-def _errno_text(exc):
-    name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
-    return '%s (%s)' % (name, exc.strerror)
 
 
 def _changed_since_scan(base_file, st):
@@ -248,7 +243,7 @@ class _Executor:
             os.utime(path, follow_symlinks=False)
         except OSError as exc:
             message = ('could not refresh the modification time of %s: %s'
-                       % (path, _errno_text(exc)))
+                       % (path, printable.errno_text(exc)))
             self.result.add_error(path, message)
             return '%s; %s' % (reason, message)
         return reason

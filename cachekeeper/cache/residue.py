@@ -46,6 +46,9 @@ class Leftovers:
     errors: list = dataclasses.field(default_factory=list)
     bytes_removed: int = 0
 
+    def add_error(self, path, message):
+        self.errors.append({'path': path, 'message': message})
+
 
 def _prefix(prefix):
     return lambda name: name.startswith(prefix)
@@ -83,10 +86,8 @@ def remove(conf, now, dry_run=False):
             # reports it (the image cache) or it is not cachekeeper's.
             continue
         except OSError as e:
-            leftovers.errors.append({
-                'path': directory,
-                'message': 'cannot look for temporary files in %s: %s'
-                           % (directory, e.strerror)})
+            leftovers.add_error(directory, 'cannot look for temporary files '
+                                'in %s: %s' % (directory, e.strerror))
             continue
         for name in names:
             if name.startswith(locks.LOCK_FILE_PREFIX):
@@ -115,10 +116,8 @@ def _remove_one(path, now, min_age, dry_run, leftovers):
         except FileNotFoundError:
             return
         except OSError as e:
-            leftovers.errors.append({
-                'path': path,
-                'message': 'cannot remove temporary file %s: %s'
-                           % (path, e.strerror)})
+            leftovers.add_error(path, 'cannot remove temporary file %s: %s'
+                                % (path, e.strerror))
             return
         leftovers.bytes_removed += st.st_blocks * 512
         LOG.info('Removed %s: %s', path, reason)

@@ -64,6 +64,7 @@ from oslo_log import log as logging
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
+from cachekeeper import printable
 from cachekeeper.scrub import db
 from cachekeeper.scrub import totals
 
@@ -199,11 +200,6 @@ def _crash_point(step):
     """Kill this process here if the crash tests ask for it."""
     if os.environ.get(CRASH_AT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _errno_text(exc):
-    name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
-    return '%s (%s)' % (name, exc.strerror)
 
 
 def _is_file_name(name):
@@ -357,8 +353,8 @@ class ScrubQueue:
         try:
             st = os.lstat(base_file.path)
         except OSError as e:
-            raise ScrubError('cannot quarantine %s: %s'
-                             % (base_file.path, _errno_text(e))) from e
+            raise ScrubError('cannot quarantine %s: %s' % (
+                base_file.path, printable.errno_text(e))) from e
         if not _is_file(st, base_file.ino):
             raise ScrubError('cannot quarantine %s: it was replaced since '
                              'the scan' % base_file.path)
@@ -382,7 +378,7 @@ class ScrubQueue:
             os.rename(base_file.path, quarantine_path)
         except OSError as e:
             message = 'cannot move %s into quarantine: %s' % (
-                base_file.path, _errno_text(e))
+                base_file.path, printable.errno_text(e))
             self._transition(entry_id, (QUARANTINING,), ROLLED_BACK, now,
                              last_error=message)
             raise ScrubError(message) from e
@@ -407,7 +403,7 @@ class ScrubQueue:
             # Left to reconcile, which finds where the file is.
             raise ScrubError('%s was touched while it was being quarantined '
                              'and cannot be put back: %s'
-                             % (path, _errno_text(e))) from e
+                             % (path, printable.errno_text(e))) from e
         self._transition(entry_id, (QUARANTINING,), ROLLED_BACK, now,
                          last_error='touched while being quarantined')
 
@@ -468,7 +464,7 @@ class ScrubQueue:
             return
         except OSError as e:
             message = 'cannot delete quarantined %s: %s' % (
-                entry.quarantine_path, _errno_text(e))
+                entry.quarantine_path, printable.errno_text(e))
             result.add_error(entry.path, message)
             attempts = entry.attempts + 1
             if attempts >= max_attempts:
@@ -598,7 +594,7 @@ class ScrubQueue:
                                 quarantine_fd, now)
         except OSError as e:
             raise ScrubError('cannot restore entry %d: %s; nothing changed'
-                             % (entry.id, _errno_text(e))) from e
+                             % (entry.id, printable.errno_text(e))) from e
         return self.entry(entry_id)
 
     def _move_back(self, entry, quarantine_name, cache_fd, quarantine_fd,
@@ -652,7 +648,7 @@ class ScrubQueue:
             os.fsync(cache_fd)
         except OSError as e:
             problem = 'restored, but its mtime was not set back: %s' % (
-                _errno_text(e))
+                printable.errno_text(e))
             LOG.warning('%s (scrub queue entry %d) %s', entry.path, entry.id,
                         problem)
         self._transition(entry.id, (RESTORING,), RESTORED, now,
@@ -785,7 +781,7 @@ class ScrubQueue:
                 names = sorted(dirent.name for dirent in listing)
         except OSError as e:
             message = 'cannot list quarantine directory %s: %s' % (
-                self.host_dir, _errno_text(e))
+                self.host_dir, printable.errno_text(e))
             result.errors.append({'path': self.host_dir, 'message': message})
             return
         rows = self.state_db.query(
