@@ -351,12 +351,9 @@ def test_fault(fault, tmp_path):
         fault.check_after(host)
         # Whatever qemu-img prints, it is not held in memory.
         assert peak_rss(daemon.process.pid) < MAX_RSS
-        status, _seconds = daemon.stop(timeout=20)
+        log = daemon.stop_cleanly()
     finally:
         daemon.kill()
-    log = daemon.log()
-    assert status == 0, log
-    assert 'Traceback' not in log, log
     assert 'Logging error' not in log, log
     # Nothing it started outlives it.
     assert running_processes_with(host.bin_dir) == []

@@ -98,6 +98,17 @@ class Daemon:
         status = self.process.wait(timeout)
         return status, time.monotonic() - started
 
+    def stop_cleanly(self, timeout=20):
+        """SIGTERM; assert that it exited 0 with no traceback in its log.
+
+        Returns the log.
+        """
+        status, _seconds = self.stop(timeout)
+        log = self.log()
+        assert status == 0, log
+        assert 'Traceback' not in log, log
+        return log
+
     def kill(self):
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
