@@ -130,9 +130,14 @@ def parse_disk_info(data, directory):
 
     nova records absolute paths, which are stale if instances_path moved, so
     entries are matched by base name; an entry for the disk's current path
-    wins. A name recorded with conflicting formats maps to None. Raises
-    ValueError if the content is not nova's JSON object.
+    wins. A name recorded with conflicting formats maps to None. Empty
+    content (or only white space) records nothing, as nova reads it: nova
+    creates the file empty and only then renames the written one over it
+    (``Image.resolve_driver_format``). Raises ValueError if the content is
+    not nova's JSON object.
     """
+    if not data.strip():
+        return {}
     try:
         recorded = json.loads(data)
     except RecursionError:
@@ -409,13 +414,17 @@ class _Directory:
     chains; ``metadata`` holds (NovaMetadata, source) pairs, whose
     references depend on the names in the cache. A directory not
     ``carried`` is read again in the next pass whatever its inputs say.
-    The evidence of a libvirt domain is kept in one too, without a
-    signature: it is keyed by its definition.
+    ``doubts`` are facts.Doubt about things that could hide the use of any
+    file; ``local_doubts`` are (source, message) pairs about things that
+    can hide no more than the directory's disks, which were read anyway,
+    use (see all_doubts). The evidence of a libvirt domain is kept in one
+    too, without a signature: it is keyed by its definition.
     """
 
     signature: tuple = None
     references: list = dataclasses.field(default_factory=list)
     doubts: list = dataclasses.field(default_factory=list)
+    local_doubts: list = dataclasses.field(default_factory=list)
     metadata: list = dataclasses.field(default_factory=list)
     inputs: list = dataclasses.field(default_factory=list)
     carried: bool = True
@@ -423,8 +432,30 @@ class _Directory:
                                          compare=False)
 
     def doubt(self, source, message):
+        """Record that ``source`` could not be read: it could use any file."""
         LOG.debug('Doubt about %s: %s', source, message)
         self.doubts.append(facts.Doubt(source=source, message=message))
+
+    def local_doubt(self, source, message):
+        """Record that ``source`` could not be read, though the disks of
+        this directory still were: it can hide no more than they use."""
+        LOG.debug('Doubt about %s (what its directory uses): %s', source,
+                  message)
+        self.local_doubts.append((source, message))
+
+    @property
+    def has_doubts(self):
+        return bool(self.doubts or self.local_doubts)
+
+    def all_doubts(self, cache_names):
+        """The doubts, the local ones naming what this directory uses."""
+        if not self.local_doubts:
+            return self.doubts
+        names = frozenset(reference.name for reference in
+                          self.all_references(cache_names))
+        return self.doubts + [
+            facts.Doubt(source=source, message=message, names=names)
+            for source, message in self.local_doubts]
 
     def all_references(self, cache_names):
         """The references, those of the metadata expanded for the
@@ -717,10 +748,17 @@ class _Reader:
         if LIBVIRT_XML in names:
             self._read_libvirt_xml(directory, os.path.join(path, LIBVIRT_XML),
                                    stats[LIBVIRT_XML])
+        if formats is None:
+            # Which files disk.info names as disks is unknown: every file
+            # of the directory is read as one, in the format its header
+            # shows. That keeps whatever nova could read them as.
+            formats = {}
+            candidates = names - {DISK_INFO, LIBVIRT_XML}
+        else:
+            candidates = {name for name in names
+                          if _DISK_NAME.fullmatch(name) or name in formats}
         links = []
-        for name in sorted(names):
-            if not (_DISK_NAME.fullmatch(name) or name in formats):
-                continue
+        for name in sorted(candidates):
             disk = path + os.sep + name
             if name in formats and formats[name] is None:
                 directory.doubt(disk, 'disk.info records conflicting '
@@ -732,13 +770,16 @@ class _Reader:
         return links
 
     def _read_disk_info(self, directory, path, st):
+        """The formats disk.info records; None if it cannot be read."""
         disk_info = os.path.join(path, DISK_INFO)
         try:
             formats = self.parsed_files.read(
                 disk_info, st, lambda data: parse_disk_info(data, path))
         except (OSError, ValueError) as e:
-            directory.doubt(disk_info, 'cannot read disk.info: %s' % e)
-            return {}
+            directory.local_doubt(
+                disk_info, 'cannot read disk.info: %s; the disks of its '
+                'directory are read by their headers' % e)
+            return None
         return {} if formats is None else formats
 
     def _read_libvirt_xml(self, directory, path, st):
@@ -1036,7 +1077,7 @@ class Inventory:
                     if kind == _READ)
             self.inspector.save(prune=read)
             usage = facts.Usage()
-            for doubt in self._all_doubts():
+            for doubt in self._all_doubts(self._cache_names):
                 usage.add_doubt(doubt)
             for directory in self._evidence():
                 for reference in directory.all_references(self._cache_names):
@@ -1056,7 +1097,7 @@ class Inventory:
             return {}
         return {path: directory
                 for path, directory in self.memory.directories.items()
-                if directory.carried and not directory.doubts}
+                if directory.carried and not directory.has_doubts}
 
     def instance_directories(self):
         """List the instance directories a pass reads, as paths."""
@@ -1090,7 +1131,7 @@ class Inventory:
                 for reference in directory.all_references(cache_names):
                     if reference.name in found:
                         found[reference.name][0].append(reference)
-            for doubt in self._all_doubts():
+            for doubt in self._all_doubts(cache_names):
                 for name in (found if doubt.names is None else
                              [n for n in doubt.names if n in found]):
                     found[name][1].append(doubt)
@@ -1100,10 +1141,10 @@ class Inventory:
         return list(self._directories.values()) + list(
             self._domains.values())
 
-    def _all_doubts(self):
+    def _all_doubts(self, cache_names):
         doubts = list(self._doubts)
         for directory in self._evidence():
-            doubts.extend(directory.doubts)
+            doubts.extend(directory.all_doubts(cache_names))
         return doubts
 
     def _refresh(self, cache_names):
@@ -1179,7 +1220,7 @@ class Inventory:
             return {}
         current = {domain: known
                    for domain, known in self._domains.items()
-                   if domain in domains and not known.doubts}
+                   if domain in domains and not known.has_doubts}
         current.update(reader.read_domains(
             sorted(domains - set(current), key=lambda d: (d.name, d.uuid))))
         return current

@@ -253,7 +253,8 @@ def _explanation(decision, evaluation):
     doubts = evaluation.usage.doubts_about(name)
     if doubts:
         lines.append('unread, so removal is held back:')
-        lines.extend('  %s: %s' % (d.source, d.message) for d in doubts)
+        lines.extend('  %s: %s (%s)' % (d.source, d.message, _doubt_scope(d))
+                     for d in doubts)
     holder = locks.lock_holder(CONF.instances_path, name)
     lock_path = locks.lock_file_path(CONF.instances_path, name)
     if holder is None:
@@ -263,6 +264,13 @@ def _explanation(decision, evaluation):
     lines.append('lock:     %s (%s)' % (lock_path, lock_state))
     lines.append('QEMU lock probe: %s' % _qemu_lock_state(base_file))
     return lines
+
+
+def _doubt_scope(doubt):
+    if doubt.names is None:
+        return 'holds back every file'
+    return 'holds back only the %d file(s) its directory uses' % len(
+        doubt.names)
 
 
 def _qemu_lock_state(base_file):

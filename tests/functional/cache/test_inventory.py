@@ -410,17 +410,62 @@ def test_unreadable_libvirt_xml_is_a_doubt(host, content):
         (str(inst / 'libvirt.xml'), None)]
 
 
-def test_unparseable_disk_info_is_a_doubt_and_disks_are_still_read(host):
+@pytest.mark.parametrize('content', ['', '\n', '  \n\n'],
+                         ids=['empty', 'newline', 'white space'])
+def test_empty_disk_info_records_nothing(host, content):
+    # nova creates disk.info empty, then renames the written one over it,
+    # and reads an empty one as {} (Image.resolve_driver_format).
     host.base('A')
     inst = host.instance('inst')
     host.overlay(inst / 'disk', host.cache / 'A')
-    (inst / 'disk.info').write_text('{"/x/disk": ')
+    (inst / 'disk.info').write_text(content)
 
     usage = host.collect()
 
-    assert [(d.source, d.names) for d in usage.doubts] == [
-        (str(inst / 'disk.info'), None)]
+    assert usage.doubts == []
     assert sources(usage) == {'A': [str(inst / 'disk')]}
+
+
+def test_unparseable_disk_info_holds_back_only_what_its_directory_uses(host):
+    host.base('A')
+    host.base('B')
+    host.base('C')
+    host.base('unused')
+    inst = host.instance('inst')
+    host.overlay(inst / 'disk', host.cache / 'A')
+    # A disk under a name nova does not use, which only disk.info (the one
+    # that cannot be read) could name: it is read too.
+    host.overlay(inst / 'disk.other', host.cache / 'B')
+    (inst / 'disk.info').write_text('{"/x/disk": ')
+    other = host.instance('other')
+    host.overlay(other / 'disk', host.cache / 'C')
+
+    usage = host.collect()
+
+    [doubt] = usage.doubts
+    assert doubt.source == str(inst / 'disk.info')
+    assert doubt.names == {'A', 'B'}
+    assert 'read by their headers' in doubt.message
+    assert sources(usage) == {'A': [str(inst / 'disk')],
+                              'B': [str(inst / 'disk.other')],
+                              'C': [str(other / 'disk')]}
+    assert usage.doubts_about('unused') == []
+    assert usage.doubts_about('C') == []
+    assert usage.doubts_about('A') == [doubt]
+
+
+def test_directory_with_unparseable_disk_info_is_read_again(host):
+    host.base('A')
+    inst = host.instance('inst')
+    (inst / 'disk.info').write_text('not json')
+
+    first = host.collect()
+    host.overlay(inst / 'disk', host.cache / 'A')
+    second = host.collect()
+
+    assert [d.names for d in first.doubts] == [frozenset()]
+    assert [d.names for d in second.doubts] == [{'A'}]
+    assert sources(second) == {'A': [str(inst / 'disk')]}
 
 
 def test_conflicting_disk_info_is_a_doubt(host):
@@ -620,7 +665,8 @@ def test_unreadable_paths_are_doubts(host, tmp_path):
                                       inspect.Inspector())
             usage = inv.collect({'A'})
             result[instances] = {
-                'doubts': sorted([d.source, d.names] for d in usage.doubts),
+                'doubts': sorted([d.source, d.names and sorted(d.names)]
+                                 for d in usage.doubts),
                 'refs': sorted(r.source for r in usage.references_to('A'))}
         print(json.dumps(result))
     ''')
@@ -630,9 +676,11 @@ def test_unreadable_paths_are_doubts(host, tmp_path):
         capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    # An unreadable disk.info holds back what the disks of its directory
+    # use; the other doubts could hide anything.
     assert result[str(host.instances)] == {
         'doubts': sorted([[str(no_dir), None], [str(no_disk / 'disk'), None],
-                          [str(no_disk_info / 'disk.info'), None]]),
+                          [str(no_disk_info / 'disk.info'), ['A']]]),
         'refs': [str(good / 'disk'), str(no_disk_info / 'disk')],
     }
     assert result[str(closed)] == {'doubts': [[str(closed), None]],

@@ -331,6 +331,21 @@ def disks_that_are_cache_files(host):
     host.base(UNUSED, OLD)
 
 
+def disk_info_content(content):
+    """Build two instances, the second with ``content`` as its disk.info.
+
+    nova creates disk.info empty before it renames the written file over
+    it, so an empty one is what a killed or out-of-space nova leaves.
+    """
+    def build(host):
+        host.instance(UUID1, {'disk': host.base(ROOT, OLD)})
+        directory = host.instance(UUID2, {'disk': host.base(OTHER, OLD)})
+        with open(os.path.join(directory, 'disk.info'), 'w') as f:
+            f.write(content)
+        host.base(UNUSED, OLD)
+    return build
+
+
 def backing_chain_of(directory, disk='disk'):
     return 'backing chain of {instances}/%s/%s' % (directory, disk)
 
@@ -386,6 +401,14 @@ SCENARIOS = [
              unreadable(readable_overlay),
              UNREADABLE_VERDICTS, UNREADABLE_REASONS, exit_code=None,
              options={'inspect_method': 'qemu-img'}, fake_qemu_img=True),
+    Scenario('empty disk.info, as nova creates it',
+             disk_info_content(''),
+             {ROOT: IN_USE, OTHER: IN_USE, UNUSED: REMOVED},
+             {OTHER: backing_chain_of(UUID2)}),
+    Scenario('disk.info that is not JSON',
+             disk_info_content('{"/var/lib/nova/instances/x/disk": '),
+             {ROOT: IN_USE, OTHER: IN_USE, UNUSED: REMOVED},
+             {OTHER: backing_chain_of(UUID2)}, exit_code=1),
     Scenario('qcow2 disk with an external data file',
              external_data_file,
              {ROOT: IN_USE, UNUSED: IN_USE}),
@@ -685,3 +708,37 @@ def test_explain_names_the_disk_and_the_chain(tmp_path):
         host.cache_path(ROOT + SIZE_20G), host.cache_path(ROOT)]) in lines
     # Explaining is reading: the file in use is not touched.
     assert os.stat(host.cache_path(ROOT)).st_mtime_ns == before
+
+
+def test_explain_shows_how_far_a_doubt_reaches(tmp_path):
+    host = hosttree.HostTree(tmp_path)
+    disk_info_content('not json')(host)
+    disk_info = os.path.join(host.instances_path, UUID2, 'disk.info')
+
+    held = host.manage('cache', 'explain', OTHER)
+    free = host.manage('cache', 'explain', UNUSED)
+
+    assert held.returncode == 0, held.stderr
+    lines = held.stdout.splitlines()
+    index = lines.index('unread, so removal is held back:')
+    assert lines[index + 1].startswith('  %s: cannot read disk.info' % (
+        disk_info))
+    assert lines[index + 1].endswith(
+        '(holds back only the 1 file(s) its directory uses)')
+    assert free.returncode == 0, free.stderr
+    assert 'verdict:  removable (a pass would remove it)' in (
+        free.stdout.splitlines())
+    assert 'held back' not in free.stdout
+
+
+def test_empty_disk_info_is_no_warning(tmp_path):
+    host = hosttree.HostTree(tmp_path)
+    disk_info_content('')(host)
+    os.chmod(host.state_path, 0o700)
+
+    process, report = host.run_pass()
+
+    assert process.returncode == 0, process.stderr
+    assert report['errors'] == []
+    assert ' WARNING ' not in process.stderr, process.stderr
+    assert hosttree.entries(report)[UNUSED]['verdict'] == REMOVED

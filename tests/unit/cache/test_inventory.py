@@ -48,8 +48,14 @@ def test_disk_info_current_path_wins():
     assert inventory.parse_disk_info(data, '/i/u') == {'disk': 'qcow2'}
 
 
+@pytest.mark.parametrize('data', ['', b'', '\n', b' \n\t'])
+def test_empty_disk_info_records_nothing(data):
+    # As nova's reader: it creates the file empty before writing it.
+    assert inventory.parse_disk_info(data, '/i/u') == {}
+
+
 @pytest.mark.parametrize('data', [
-    '', '{', '[]', '"disk"', '{"/i/u/disk": 1}', b'{"\xff": "raw"}',
+    '{', '[]', '"disk"', '{"/i/u/disk": 1}', b'{"\xff": "raw"}',
 ])
 def test_disk_info_that_is_not_nova_s(data):
     with pytest.raises(ValueError):
