@@ -14,19 +14,32 @@
 
 ``qemu-img info`` is the authority, as in nova, and runs under nova's
 address space and CPU time limits plus a wall-clock timeout. It is always
-told the format (``-f``): a format nobody recorded is chosen by reading a
-bounded header with oslo.utils' format inspector, never by letting qemu-img
-probe guest-written data.
+told the format (``-f``): a format nobody recorded is detected with
+oslo.utils' format inspector, as nova's images.get_image_format does, never
+by letting qemu-img probe guest-written data.
 
-Two things spare most calls: the answers kept from earlier passes for disks
-that did not change (inspect_cache), and, with ``[image_cache]
-inspect_method = auto``, the qcow2 header reader for the plain qcow2
-overlays nova makes (qcow2); qemu-img answers for everything else.
+Detection reads the first 64 KiB of the disk once and looks there for the
+magic of each format the format inspector knows, where its inspector looks
+for it (and, for a VMDK text descriptor, for a first sector of text). No
+magic means raw, as the inspector finds when no format matches. One magic
+means that format once its own inspector agrees (a qcow2 magic followed by
+a full sector, as in nova's overlays, needs no inspector). Anything else
+(two magics, an inspector that disagrees) runs every inspector over up to
+1 MiB, which refuses a disk that matches two formats, but for an ISO with
+a partition table in front: an ISO, as in nova.
+
+Two things spare most work: the answers kept from earlier passes for disks
+that did not change (inspect_cache: detected formats and inspections
+alike), and, with ``[image_cache] inspect_method = auto``, the qcow2 header
+reader for the plain qcow2 overlays nova makes (qcow2); qemu-img answers
+for everything else.
 """
 
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib.metadata
+import io
 import os
 import resource
 import shutil
@@ -64,7 +77,44 @@ MAX_OUTPUT_BYTES = 8 * units.Mi
 # The format inspector decides within the first 256 KiB for real images;
 # a crafted header can point it further, so the read stops here.
 MAX_DETECT_BYTES = units.Mi
+# The first read of a disk whose format is detected holds every magic below
+# (an ISO's volume descriptor is at 32 KiB). It is also the first chunk
+# every inspector is given, so a VMDK text descriptor is read from the
+# same bytes on either path.
 _DETECT_CHUNK = 64 * units.Ki
+
+# Where oslo.utils' format inspector looks for the magic of each format:
+# (format, offset, magic). Each of its inspectors matches only a disk with
+# its magic there (or, for VMDK, a text descriptor: _is_text), so a disk
+# without any is raw to them all.
+_MAGIC = (
+    ('qcow2', 0, b'QFI\xfb'),
+    ('qed', 0, b'QED\x00'),
+    ('vhd', 0, b'conectix'),
+    ('vhdx', 0, b'vhdxfile'),
+    ('vmdk', 0, b'KDMV'),
+    ('luks', 0, b'LUKS\xba\xbe'),
+    ('vdi', 0x40, b'\x7f\x10\xda\xbe'),
+    # The MBR boot signature, in front of GPT disks too.
+    ('gpt', 510, b'\x55\xaa'),
+    # The first volume descriptor, after the 32 KiB system area.
+    ('iso', 0x8001, b'CD001'),
+    ('iso', 0x8001, b'NSR02'),
+    ('iso', 0x8001, b'NSR03'),
+)
+# The VMDK inspector reads a text descriptor from a disk that starts with
+# at least this many bytes of text.
+_VMDK_MIN_TEXT = 64
+# The VMDK inspector looks for text in the first sector, and the qcow2
+# inspector matches its magic once it holds one.
+_SECTOR = 512
+# An oslo.utils that knows a format _MAGIC does not runs every inspector
+# over every disk.
+_MAGIC_KNOWS_ALL = set(format_inspector.ALL_FORMATS) <= {
+    entry[0] for entry in _MAGIC} | {'raw'}
+# Kept with each detected format: another release of the format inspector
+# may tell formats apart otherwise, and then detects every disk again.
+DETECTOR = 'oslo.utils %s' % importlib.metadata.version('oslo.utils')
 
 # How long to wait for a killed qemu-img to be reaped. SIGKILL cannot end a
 # process stuck in uninterruptible I/O (a dead NFS server), and a pass must
@@ -137,6 +187,57 @@ def _any_error_as_inspect_error(path):
         raise InspectError(path, 'unexpected error: %s' % e)
 
 
+def _is_text(head):
+    """Whether the VMDK inspector reads ``head`` as a text descriptor."""
+    if len(head) < _VMDK_MIN_TEXT:
+        return False
+    try:
+        sector = head[:_SECTOR].decode('ascii')
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in sector)
+
+
+def _candidates(head):
+    """The formats whose inspector may match a disk that starts so."""
+    found = {fmt for fmt, offset, magic in _MAGIC
+             if head.startswith(magic, offset)}
+    if _is_text(head):
+        found.add('vmdk')
+    return found
+
+
+def _matches(head, fmt):
+    """Whether the inspector of ``fmt`` alone matches ``head``."""
+    wrapper = format_inspector.InspectWrapper(io.BytesIO(head),
+                                              allowed_formats=[fmt])
+    wrapper.read(len(head))
+    wrapper.close()
+    try:
+        return str(wrapper.format) == fmt
+    except Exception:
+        # No match (ImageFormatError) or an inspector that fails on this
+        # content: either way the full detection decides.
+        return False
+
+
+def _detect_all(source):
+    """Run every inspector over the start of ``source``; return a name."""
+    wrapper = format_inspector.InspectWrapper(source)
+    try:
+        while source.tell() < MAX_DETECT_BYTES:
+            if not wrapper.read(_DETECT_CHUNK) or wrapper.formats:
+                break
+    finally:
+        # Ends the inspectors still waiting for data, as at end of file.
+        wrapper.close()
+    if {str(match) for match in wrapper.formats} == {'iso', 'gpt'}:
+        # As in nova: a bootable ISO may have a partition table in front.
+        return 'iso'
+    # Raises ImageFormatError when more formats match.
+    return str(wrapper.format)
+
+
 def _disk_stat(path):
     try:
         st = os.stat(path)
@@ -154,7 +255,9 @@ class Inspector:
     qemu-img runs under limits, one call or a bounded pool of them.
     ``method`` is AUTO (read plain qcow2 headers) or QEMU_IMG (ask
     qemu-img about every disk), ``cache`` an inspect_cache.InspectionCache
-    or None. The counters say how each disk was answered.
+    or None. The counters say how each disk was answered, and how each
+    format was detected: ``full_detections`` of the ``format_detections``
+    ran every inspector.
     """
 
     def __init__(self, cpu_time_limit=30, address_space_limit_gb=2,
@@ -168,6 +271,9 @@ class Inspector:
         self.qemu_img_calls = 0
         self.header_reads = 0
         self.cache_hits = 0
+        self.format_detections = 0
+        self.full_detections = 0
+        self.detection_cache_hits = 0
         self._calls_lock = threading.Lock()
         # util-linux prlimit sets the limits and execs qemu-img in ~1 ms;
         # oslo's prlimit wrapper would start a Python interpreter per call.
@@ -400,9 +506,10 @@ class Inspector:
                         data_file=data_file or None)
 
     def detect_format(self, path):
-        """Return the format of ``path`` from a bounded read of its header.
+        """Return the format of ``path`` from a bounded read of its start.
 
-        Only a regular file is read (a FIFO is never waited on). Raises
+        Only a regular file is read (a FIFO is never waited on), and the
+        answer is kept under the stat of what was read. Raises
         InspectError when the file cannot be read or the content matches
         more than one format.
         """
@@ -411,10 +518,20 @@ class Inspector:
         except OSError as e:
             raise InspectError(path, e.strerror or str(e))
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise InspectError(path, 'not a regular file')
+            if self.cache is not None:
+                fmt = self.cache.lookup_format(st, DETECTOR)
+                if fmt is not None:
+                    self.detection_cache_hits += 1
+                    return fmt
+            self.format_detections += 1
             with open(fd, 'rb', closefd=False) as source:
-                return self._detect(source)
+                fmt = self._detect(source)
+            if self.cache is not None:
+                self.cache.store_format(st, DETECTOR, fmt)
+            return fmt
         except InspectError:
             raise
         except OSError as e:
@@ -424,19 +541,24 @@ class Inspector:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _detect(source):
-        wrapper = format_inspector.InspectWrapper(source)
-        try:
-            while source.tell() < MAX_DETECT_BYTES:
-                if not wrapper.read(_DETECT_CHUNK):
-                    break
-                if wrapper.format is not None:
-                    return str(wrapper.format)
-        finally:
-            # Ends the inspectors still waiting for data, as at end of file.
-            wrapper.close()
-        return str(wrapper.format)
+    def _detect(self, source):
+        """Return the format of the disk open as ``source``, at offset 0."""
+        head = source.read(_DETECT_CHUNK)
+        if _MAGIC_KNOWS_ALL:
+            candidates = _candidates(head)
+            if not candidates:
+                return 'raw'
+            if candidates == {'qcow2'} and len(head) >= _SECTOR:
+                # nova's overlays, the disks detected most: their inspector
+                # would only check the same.
+                return 'qcow2'
+            if len(candidates) == 1:
+                fmt = candidates.pop()
+                if _matches(head, fmt):
+                    return fmt
+        self.full_detections += 1
+        source.seek(0)
+        return _detect_all(source)
 
     def inspect_many(self, requests):
         """Inspect (path, fmt) pairs; qemu-img runs in a pool of ``workers``.

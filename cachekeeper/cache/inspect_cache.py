@@ -10,13 +10,20 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""What earlier passes found inside disks that have not changed since.
+"""What earlier passes found in disks that have not changed since.
 
-An inspection (the format a disk was read as, and the backing and data
-files its header names) is kept in the state database, keyed by the disk's
-identity and the times and size that change whenever it is written:
-(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns). A later pass that
-finds the same key uses the stored answer and spawns no qemu-img.
+Two kinds of answer are kept in the state database, each keyed by the
+disk's identity and the size and times that change whenever it is
+written: (st_dev, st_ino) and (st_size, st_mtime_ns, st_ctime_ns).
+
+- An inspection: for a disk read as a given format, the backing and data
+  files its header names (found by qemu-img or the qcow2 header reader).
+- A detection: the format of a disk nobody recorded a format for (found
+  by oslo.utils' format inspector, and kept with that inspector's version,
+  since another version may tell formats apart differently).
+
+A later pass that finds the same key uses the stored answer: it spawns no
+qemu-img and reads no disk.
 
 Only regular files are kept: writing to a block device changes none of its
 times. A file changed within RACY_SECONDS of the stat is not kept either:
@@ -44,12 +51,7 @@ HEADER = 'header'
 
 RACY_SECONDS = 2
 
-_COLUMNS = ('dev', 'ino', 'format', 'size', 'mtime_ns', 'ctime_ns', 'method',
-            'backing_file', 'backing_format', 'data_file')
-_SELECT = 'SELECT %s FROM inspection' % ', '.join(_COLUMNS)
-_UPSERT = 'INSERT OR REPLACE INTO inspection (%s) VALUES (%s)' % (
-    ', '.join(_COLUMNS), ', '.join('?' * len(_COLUMNS)))
-_DELETE = 'DELETE FROM inspection WHERE dev = ? AND ino = ? AND format = ?'
+_VERSION = ('size', 'mtime_ns', 'ctime_ns')
 
 _INT64_RANGE = 2 ** 64
 _INT64_MAX = 2 ** 63 - 1
@@ -60,10 +62,46 @@ def _signed(value):
     return value - _INT64_RANGE if value > _INT64_MAX else value
 
 
-class InspectionCache:
-    """Inspections, read from the database once and written back in bulk.
+def _key(st, rest):
+    """The key of an answer about the file of stat ``st``."""
+    return (_signed(st.st_dev), _signed(st.st_ino)) + rest
 
-    ``lookup`` and ``store`` work in memory (and may be called from the
+
+def _version(st):
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _Table:
+    """The statements of a table of answers: key, version, answer."""
+
+    def __init__(self, name, key, answer):
+        columns = key + _VERSION + answer
+        self.name = name
+        self.key_length = len(key)
+        self.select = 'SELECT %s FROM %s' % (', '.join(columns), name)
+        self.upsert = 'INSERT OR REPLACE INTO %s (%s) VALUES (%s)' % (
+            name, ', '.join(columns), ', '.join('?' * len(columns)))
+        self.delete = 'DELETE FROM %s WHERE %s' % (
+            name, ' AND '.join('%s = ?' % column for column in key))
+
+    def entry(self, row):
+        """Return (key, (version, answer)) from a row of ``select``."""
+        row = tuple(row)
+        end = self.key_length + len(_VERSION)
+        return row[:self.key_length], (row[self.key_length:end], row[end:])
+
+
+_INSPECTION = _Table('inspection', ('dev', 'ino', 'format'),
+                     ('method', 'backing_file', 'backing_format',
+                      'data_file'))
+_DETECTION = _Table('detection', ('dev', 'ino'), ('detector', 'format'))
+_TABLES = (_INSPECTION, _DETECTION)
+
+
+class InspectionCache:
+    """Answers, read from the database once and written back in bulk.
+
+    The lookups and stores work in memory (and may be called from the
     inspector's worker threads); ``save`` writes what changed. One object
     may serve pass after pass: what it holds stays true while the files
     keep their keys, and what another process adds to the database is
@@ -74,6 +112,7 @@ class InspectionCache:
         self.state_db = state_db
         self._clock = clock
         self._lock = threading.Lock()
+        # {(table, key): (version, answer)}; keys start with (dev, ino).
         self._entries = None
         self._used = set()
         self._kept_inodes = set()
@@ -81,24 +120,48 @@ class InspectionCache:
 
     def _load(self):
         entries = {}
-        try:
-            rows = self.state_db.query(_SELECT)
-        except db.StateError as e:
-            LOG.warning('Cannot read the inspection cache; every disk is '
-                        'inspected again: %s', e)
-            rows = ()
-        for row in rows:
-            (dev, ino, fmt, size, mtime_ns, ctime_ns, method, backing_file,
-             backing_format, data_file) = tuple(row)
-            entries[(dev, ino, fmt)] = ((size, mtime_ns, ctime_ns), method,
-                                        (backing_file, backing_format,
-                                         data_file))
+        for table in _TABLES:
+            try:
+                rows = self.state_db.query(table.select)
+            except db.StateError as e:
+                LOG.warning('Cannot read the inspection cache (%s); what it '
+                            'held is found again: %s', table.name, e)
+                continue
+            for row in rows:
+                key, entry = table.entry(row)
+                entries[(table, key)] = entry
         return entries
 
-    @staticmethod
-    def _key(st, fmt):
-        return (_signed(st.st_dev), _signed(st.st_ino), fmt), (
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    def _use(self, table, key):
+        """Return the entry of ``key`` (or None); the caller holds _lock."""
+        if self._entries is None:
+            self._entries = self._load()
+        self._used.add((table, key))
+        return self._entries.get((table, key))
+
+    def _get(self, table, st, rest):
+        """Return the answer kept about ``st`` that is still true, or None.
+
+        ``rest`` is the rest of its key in ``table``, after (dev, ino).
+        """
+        with self._lock:
+            entry = self._use(table, _key(st, rest))
+        if entry is None or entry[0] != _version(st):
+            return None
+        return entry[1]
+
+    def _put(self, table, st, rest, answer):
+        if not stat.S_ISREG(st.st_mode):
+            return
+        horizon = self._clock() - RACY_SECONDS * 10 ** 9
+        if max(st.st_mtime_ns, st.st_ctime_ns) > horizon:
+            return
+        key = _key(st, rest)
+        entry = (_version(st), answer)
+        with self._lock:
+            if self._use(table, key) != entry:
+                self._entries[(table, key)] = entry
+                self._pending[(table, key)] = entry
 
     def lookup(self, st, fmt, methods):
         """Return (backing_file, backing_format, data_file) or None.
@@ -106,33 +169,31 @@ class InspectionCache:
         ``st`` is the disk's stat, ``fmt`` the format it is read as;
         only answers found by one of ``methods`` count.
         """
-        key, version = self._key(st, fmt)
-        with self._lock:
-            if self._entries is None:
-                self._entries = self._load()
-            self._used.add(key)
-            entry = self._entries.get(key)
-        if entry is None or entry[0] != version or entry[1] not in methods:
+        answer = self._get(_INSPECTION, st, (fmt,))
+        if answer is None or answer[0] not in methods:
             return None
-        return entry[2]
+        return answer[1:]
 
     def store(self, st, fmt, method, backing_file, backing_format,
               data_file):
         """Keep what ``method`` found in the disk whose stat is ``st``."""
-        if not stat.S_ISREG(st.st_mode):
-            return
-        horizon = self._clock() - RACY_SECONDS * 10 ** 9
-        if max(st.st_mtime_ns, st.st_ctime_ns) > horizon:
-            return
-        key, version = self._key(st, fmt)
-        entry = (version, method, (backing_file, backing_format, data_file))
-        with self._lock:
-            if self._entries is None:
-                self._entries = self._load()
-            self._used.add(key)
-            if self._entries.get(key) != entry:
-                self._entries[key] = entry
-                self._pending[key] = entry
+        self._put(_INSPECTION, st, (fmt,),
+                  (method, backing_file, backing_format, data_file))
+
+    def lookup_format(self, st, detector):
+        """Return the format ``detector`` found in the disk, or None.
+
+        ``st`` is the disk's stat; what another detector found does not
+        count.
+        """
+        answer = self._get(_DETECTION, st, ())
+        if answer is None or answer[0] != detector:
+            return None
+        return answer[1]
+
+    def store_format(self, st, detector, fmt):
+        """Keep the format ``detector`` found in the disk of stat ``st``."""
+        self._put(_DETECTION, st, (), (detector, fmt))
 
     def keep(self, inodes):
         """Keep the answers about inodes a pass relies on unread.
@@ -159,20 +220,24 @@ class InspectionCache:
             pending, self._pending = self._pending, {}
             stale = []
             if prune:
-                stale = [key for key in self._entries
-                         if key not in self._used
+                stale = [(table, key) for table, key in self._entries
+                         if (table, key) not in self._used
                          and key[:2] not in self._kept_inodes]
                 self._used = set()
                 self._kept_inodes = set()
-            for key in stale:
-                del self._entries[key]
+            for entry_key in stale:
+                del self._entries[entry_key]
         if not pending and not stale:
             return
-        rows = [key + version + (method,) + found
-                for key, (version, method, found) in pending.items()]
         try:
             with self.state_db.transaction() as connection:
-                connection.executemany(_DELETE, stale)
-                connection.executemany(_UPSERT, rows)
+                for table in _TABLES:
+                    connection.executemany(table.delete, [
+                        key for entry_table, key in stale
+                        if entry_table is table])
+                    connection.executemany(table.upsert, [
+                        key + version + answer
+                        for (entry_table, key), (version, answer)
+                        in pending.items() if entry_table is table])
         except db.StateError as e:
             LOG.warning('Cannot write the inspection cache: %s', e)

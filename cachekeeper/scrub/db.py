@@ -12,7 +12,8 @@
 
 """The state database: one SQLite file in ``[DEFAULT] state_path``.
 
-It holds the scrub queue and the aging ledger. Writes are short
+It holds the scrub queue, the aging ledger, running totals and what
+inspections of disks found (the inspection cache). Writes are short
 transactions, durable when they return (write-ahead log, synchronous=FULL),
 so a caller can commit what it is about to do before doing it. The daemon
 and cachekeeper-manage use the database at the same time: SQLite's locking
@@ -92,6 +93,23 @@ MIGRATIONS = (
                backing_format TEXT,
                data_file TEXT,
                PRIMARY KEY (dev, ino, format))''',
+    ),
+    (
+        # The formats detected in disks nobody recorded a format for (see
+        # cachekeeper.cache.inspect_cache). A table of its own, not rows of
+        # inspection under a reserved format: a detection has another key
+        # (one per disk, not one per format it is read as) and other
+        # columns (the detector, not a method and backing files), and no
+        # lookup of an inspection can be answered with one.
+        '''CREATE TABLE detection (
+               dev INTEGER NOT NULL,
+               ino INTEGER NOT NULL,
+               size INTEGER NOT NULL,
+               mtime_ns INTEGER NOT NULL,
+               ctime_ns INTEGER NOT NULL,
+               detector TEXT NOT NULL,
+               format TEXT NOT NULL,
+               PRIMARY KEY (dev, ino))''',
     ),
 )
 

@@ -70,12 +70,18 @@ def test_answer_is_for_the_format_it_was_read_as(state_db, disk):
     assert cache.lookup(os.stat(disk), 'raw', QEMU_IMG_ONLY) is None
 
 
-@pytest.mark.parametrize('change', [
+# Changes to a file that make its answers stale; 'replaced' puts the
+# file 'copy' in its place.
+CHANGES = pytest.mark.parametrize('change', [
     lambda path: os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1)),
     lambda path: path.write_bytes(path.read_bytes()),
+    lambda path: os.truncate(path, os.stat(path).st_size + 512),
     lambda path: os.chmod(path, 0o600),
     lambda path: os.replace(path.with_name('copy'), path),
-], ids=['mtime', 'rewritten', 'ctime', 'replaced'])
+], ids=['mtime', 'rewritten', 'grown', 'ctime', 'replaced'])
+
+
+@CHANGES
 def test_changed_disk_is_not_answered(state_db, disk, change):
     disk.with_name('copy').write_bytes(disk.read_bytes())
     cache = stored(state_db, disk)
@@ -181,6 +187,90 @@ def test_auto_asks_qemu_img_what_the_reader_does_not_understand(
     info = auto.inspect(str(path), 'qcow2')
     assert info.backing_file is None
     assert (auto.header_reads, auto.qemu_img_calls) == (0, 1)
+
+
+def detected(inspector, *paths):
+    return [inspector.detect_format(str(path)) for path in paths]
+
+
+def test_detected_formats_serve_a_new_process(state_db, disk, tmp_path):
+    first = inspector(state_db, inspect.AUTO)
+    assert detected(first, disk, tmp_path / 'base.raw') == ['qcow2', 'raw']
+    assert (first.format_detections, first.detection_cache_hits) == (2, 0)
+    first.save()
+
+    second = inspector(state_db, inspect.AUTO)
+    assert detected(second, disk, tmp_path / 'base.raw') == ['qcow2', 'raw']
+    assert (second.format_detections, second.detection_cache_hits) == (0, 2)
+    # Another pass of the same process asks its memory.
+    assert detected(second, disk) == ['qcow2']
+    assert second.detection_cache_hits == 3
+
+
+@CHANGES
+def test_changed_disk_is_detected_again(state_db, disk, change):
+    disk.with_name('copy').write_bytes(b'')
+    first = inspector(state_db, inspect.AUTO)
+    detected(first, disk)
+    first.save()
+    change(disk)
+    second = inspector(state_db, inspect.AUTO)
+    assert detected(second, disk) == detected(inspect.Inspector(), disk)
+    assert (second.format_detections, second.detection_cache_hits) == (1, 0)
+
+
+def test_racily_recent_disk_is_detected_again(state_db, disk):
+    recent = inspect.Inspector(cache=inspect_cache.InspectionCache(state_db))
+    detected(recent, disk, disk)
+    recent.save()
+    assert recent.format_detections == 2
+    assert state_db.query('SELECT * FROM detection') == []
+
+
+def test_another_detector_detects_again(state_db, disk, monkeypatch):
+    first = inspector(state_db, inspect.AUTO)
+    detected(first, disk)
+    first.save()
+    monkeypatch.setattr(inspect, 'DETECTOR', 'oslo.utils 99.0.0')
+    second = inspector(state_db, inspect.AUTO)
+    assert detected(second, disk) == ['qcow2']
+    assert second.format_detections == 1
+
+
+def test_prune_forgets_detections_a_pass_did_not_use(state_db, disk,
+                                                     tmp_path):
+    first = inspector(state_db, inspect.AUTO)
+    detected(first, disk, tmp_path / 'base.raw')
+    first.save()
+    second = inspector(state_db, inspect.AUTO)
+    detected(second, disk)
+    second.save(prune=True)
+    assert [row['ino'] for row in state_db.query(
+        'SELECT ino FROM detection')] == [os.stat(disk).st_ino]
+
+
+def test_migration_adds_detections_to_an_old_database(tmp_path, disk,
+                                                      monkeypatch):
+    state = tmp_path / 'old'
+    state.mkdir(mode=0o700)
+    # The database as the release before detections were kept wrote it.
+    with monkeypatch.context() as patch:
+        patch.setattr(db, 'MIGRATIONS', db.MIGRATIONS[:3])
+        old = db.open_state(str(state))
+        cache = inspect_cache.InspectionCache(old, clock=later)
+        cache.store(os.stat(disk), 'qcow2', inspect_cache.QEMU_IMG, *FOUND)
+        cache.save()
+        old.close()
+    state_db = db.open_state(str(state))
+    try:
+        assert state_db.query('PRAGMA user_version')[0][0] == 4
+        kept = inspector(state_db, inspect.QEMU_IMG)
+        assert kept.inspect(str(disk), 'qcow2').backing_file == FOUND[0]
+        assert detected(kept, disk) == ['qcow2']
+        kept.save()
+        assert len(state_db.query('SELECT * FROM detection')) == 1
+    finally:
+        state_db.close()
 
 
 # The tree of the pass tests: instances with a root disk and an ephemeral
