@@ -38,3 +38,14 @@ then
     .venv-glance/bin/pip install -q --upgrade pip
     .venv-glance/bin/pip install -q glance==33.0.0 gunicorn==27.0.1
 fi
+
+# The nova race test (tests/stress/test_nova_race.py) spawns instances
+# through nova's real libvirt image backend, from a virtualenv of its own
+# for the same reason; libvirt-python is not needed for that.
+if ! .venv-nova/bin/python -c 'import nova.virt.libvirt.imagebackend' \
+        2>/dev/null
+then
+    [ -x .venv-nova/bin/python ] || python3 -m venv .venv-nova
+    .venv-nova/bin/pip install -q --upgrade pip
+    .venv-nova/bin/pip install -q nova==34.0.0
+fi

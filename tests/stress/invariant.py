@@ -18,7 +18,8 @@ Two checks, both tolerant of instances that change while they look:
 - ``check_tokens`` reads the backing file name from each disk's qcow2
   header and compares the base's download token with the one the
   simulator recorded for the disk (see novasim), which also catches a base
-  removed and downloaded again.
+  removed and downloaded again; and its inode, when the simulator
+  recorded one (novareal does).
 
 A disk that is deleted, renamed or not yet recorded while it is looked at
 is skipped; a problem counts only if it is still there when looked at
@@ -96,11 +97,15 @@ def _token_problem(cache_dir, records_dir, directory, disk, path):
                                                                 base)
     try:
         token = novasim.read_token(base)
+        inode = os.stat(base).st_ino
     except FileNotFoundError:
         return 'its base %s is gone' % base
     if token != record['token']:
         return ('its base %s was removed and downloaded again (token %s, '
                 'made on %s)' % (base, token, record['token']))
+    if record.get('inode', inode) != inode:
+        return 'its base %s was replaced (inode %d, made on %d)' % (
+            base, inode, record['inode'])
     return None
 
 

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Spawn/remove races: simulated nova-computes against back-to-back passes.
+"""Spawn/remove races: nova-computes against cache passes.
 
 Several novasim processes spawn, rescue, resize and delete instances on
 one host while a passloop process runs cache passes back to back with
@@ -22,10 +22,16 @@ done, passes go on over the instances they left, and the invariant is
 checked once more with everything quiet. Lock files must keep their
 inodes throughout.
 
-The short version runs in CI (tests/stress/test_race.py); the long one by
-hand::
+With ``--nova-real`` the workers are novareal processes instead, run by
+the python of ``.venv-nova``: they spawn, rescue and delete instances
+through nova's real libvirt image code, and the passes are the real
+daemon's (``cachekeeper``, a pass every 0.2 s), which must exit 0 on
+SIGTERM with no traceback in its log.
 
-    .venv/bin/python -m tests.stress.race --cycles 5000
+The short versions run in CI (tests/stress/test_race.py,
+tests/stress/test_nova_race.py); the long ones by hand::
+
+    .venv/bin/python -m tests.stress.race --cycles 5000 [--nova-real]
 
 It prints the report as JSON and exits 1 on any violation or if nothing
 was removed.
@@ -36,13 +42,16 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from tests.stress import invariant
+from tests.system import daemon as system_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -54,6 +63,19 @@ SETTLE_SECONDS = 4
 # in between, as often as it can.
 CHAIN_CHECK_INTERVAL = 1.0
 STOP_TIMEOUT = 60
+# The daemon's pass interval, for the real daemon.
+DAEMON_INTERVAL = 0.2
+
+# The programs that play nova-compute (modules of tests.stress, with the
+# same arguments and report): a simulation, and nova's own image code,
+# which runs in a virtualenv of its own (tools/install.sh makes it).
+NOVASIM = 'novasim'
+NOVAREAL = 'novareal'
+NOVA_PYTHON = os.path.join(ROOT, '.venv-nova', 'bin', 'python')
+WORKER_PYTHON = {NOVASIM: sys.executable, NOVAREAL: NOVA_PYTHON}
+# Images for novareal: more than the instances alive at a time, so that
+# most of them fall unused now and then.
+NOVA_REAL_IMAGES = 12
 
 
 @dataclasses.dataclass
@@ -70,47 +92,55 @@ class RaceResult:
     pass_loop: dict = dataclasses.field(default_factory=dict)
     log_problems: list = dataclasses.field(default_factory=list)
     duration_s: float = 0.0
+    worker: str = NOVASIM
 
     def summary(self):
-        return ('%d cycles (%d spawned, failed spawns %s), %d passes, '
+        return ('%s: %d cycles (%d spawned, failed spawns %s), %d passes, '
                 '%d files removed, %d invariant checks, %d disks at the '
                 'end, %d violations, %.0fs' % (
-                    self.cycles, self.spawned, self.failed_spawns or 'none',
+                    self.worker, self.cycles, self.spawned,
+                    self.failed_spawns or 'none',
                     self.passes, self.removed, self.checks,
                     self.disks_at_end, len(self.violations),
                     self.duration_s))
 
 
 class Host:
-    """instances_path, state_path, the simulators' records, the config."""
+    """instances_path, state_path, the simulators' records, the config.
 
-    def __init__(self, root):
+    With ``daemon``, the config sets the daemon's pass interval too.
+    """
+
+    def __init__(self, root, daemon=False):
         self.root = root
         self.instances_path = os.path.join(root, 'instances')
         self.state_path = os.path.join(root, 'state')
         self.records = os.path.join(root, 'records')
         self.config_file = os.path.join(root, 'cachekeeper.conf')
-        self.log_file = os.path.join(root, 'passloop.log')
+        self.log_file = os.path.join(
+            root, 'cachekeeper.log' if daemon else 'passloop.log')
         os.makedirs(os.path.join(self.instances_path, '_base'))
         os.makedirs(os.path.join(self.instances_path, 'locks'))
         os.mkdir(self.state_path, 0o700)
         os.mkdir(self.records)
-        ages = '\n'.join(
+        image_cache = [
             'remove_unused_%s_minimum_age_seconds = %d' % (kind, MIN_AGE)
-            for kind in ('original', 'resized', 'swap', 'ephemeral'))
+            for kind in ('original', 'resized', 'swap', 'ephemeral')]
+        if daemon:
+            image_cache.append('manager_interval = %s' % DAEMON_INTERVAL)
         with open(self.config_file, 'w') as f:
             f.write('[DEFAULT]\ninstances_path = %s\nstate_path = %s\n'
                     'host = race\nlog_file = %s\n'
                     '[image_cache]\n%s\n[scrubber]\nscrub_delay = 0\n' % (
                         self.instances_path, self.state_path,
-                        self.log_file, ages))
+                        self.log_file, '\n'.join(image_cache)))
 
 
-def _python(log_path, module, *args):
+def _python(log_path, module, *args, python=sys.executable):
     """Start ``python -m module args``; its stderr goes to ``log_path``."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     with open(log_path, 'wb') as log:
-        return subprocess.Popen([sys.executable, '-m', module] + list(args),
+        return subprocess.Popen([python, '-m', module] + list(args),
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=log)
 
@@ -177,33 +207,152 @@ def _lock_file_violations(lock_inodes):
     return violations
 
 
-def _log_problems(log_file):
+def _log_lines(log_file):
     try:
         with open(log_file, errors='replace') as f:
-            lines = f.read().splitlines()
+            return f.read().splitlines()
     except FileNotFoundError:
         return []
-    return [line for line in lines
+
+
+def _log_problems(log_file):
+    return [line for line in _log_lines(log_file)
             if 'Traceback' in line or ' ERROR ' in line][:20]
 
 
+class PassLoop:
+    """Cache passes back to back, in a passloop process."""
+
+    def __init__(self, root, host, inspect_methods=()):
+        self.report_path = os.path.join(root, 'passloop.json')
+        self.log_path = os.path.join(root, 'passloop.stderr')
+        self.process = _python(
+            self.log_path, 'tests.stress.passloop',
+            '--config-file', host.config_file, '--report', self.report_path,
+            *['--inspect-method=%s' % method for method in inspect_methods])
+        self.error = None
+
+    def stop(self):
+        self.error = _stop(self.process, self.log_path)
+
+    def report(self, checker):
+        """What the passes did; a violation if the loop failed."""
+        loop = _read_report(self.report_path)
+        if loop is None or self.process.returncode != 0:
+            checker.add(['pass loop failed (exit %s): %s' % (
+                self.process.returncode, self.error)])
+            loop = {}
+        return loop
+
+
+# The daemon's line after each pass, with its counts by verdict, and its
+# line for each queued file it deleted.
+PASS_LINE = re.compile(r'INFO cachekeeper\.service .*Pass (done|interrupted)'
+                       r' in .*\((?P<counts>[^)]*)\)')
+DRAINED_LINE = re.compile(r' INFO cachekeeper\.scrub\.queue .*Deleted '
+                          r'quarantined .* \(scrub queue entry \d+\)')
+
+
+class DaemonPasses:
+    """The real daemon, a pass every DAEMON_INTERVAL, until SIGTERM."""
+
+    def __init__(self, root, host, inspect_methods=()):
+        if inspect_methods:
+            raise ValueError('the daemon has one inspect_method')
+        self.host = host
+        self.daemon = system_daemon.Daemon(root, host.config_file)
+        self.status = None
+        self.notifications = 0
+        self._stopping = threading.Event()
+        self._reader = threading.Thread(target=self._read_notifications,
+                                        daemon=True)
+        self._reader.start()
+
+    def _read_notifications(self):
+        # As systemd would: unread, they fill the socket's queue.
+        while not self._stopping.wait(0.1):
+            self.notifications += len(self.daemon.read_notifications())
+            del self.daemon.notifications[:]
+
+    def stop(self):
+        self._stopping.set()
+        self._reader.join()
+        try:
+            self.status, _seconds = self.daemon.stop(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.status = 'nothing: still running after %ds' % STOP_TIMEOUT
+        finally:
+            self.daemon.kill()
+
+    def report(self, checker):
+        """What the passes did, from the daemon's log.
+
+        ``removed`` counts the files passes queued for removal, ``drained``
+        the queued files deleted for good. A violation unless the daemon
+        exited 0 on SIGTERM with no traceback in its output.
+        """
+        output = self.daemon.log()
+        if self.status != 0 or 'Traceback' in output:
+            checker.add(['the daemon exited with %s on SIGTERM: %s' % (
+                self.status, output[-2000:])])
+        verdicts = collections.Counter()
+        passes = drained = 0
+        for line in _log_lines(self.host.log_file):
+            match = PASS_LINE.search(line)
+            if match:
+                passes += 1
+                verdicts.update({
+                    name: int(number) for name, number in (
+                        item.split('=') for item in
+                        match.group('counts').split())})
+            elif DRAINED_LINE.search(line):
+                drained += 1
+        return {'passes': passes, 'removed': verdicts['queued'],
+                'drained': drained, 'verdicts': dict(verdicts),
+                'exit_status': self.status,
+                'notifications': self.notifications}
+
+
 def _start_simulators(root, host, cycles, workers, seed, images, max_live,
-                      mean_life, time_limit):
-    """Start the novasim workers; return [(report, log, process)]."""
+                      mean_life, time_limit, worker=NOVASIM):
+    """Start the workers; return [(report, log, process)]."""
     simulators = []
-    for worker in range(workers):
-        report = os.path.join(root, 'novasim-%d.json' % worker)
-        log = os.path.join(root, 'novasim-%d.log' % worker)
-        share = cycles // workers + (1 if worker < cycles % workers else 0)
+    for number in range(workers):
+        report = os.path.join(root, '%s-%d.json' % (worker, number))
+        log = os.path.join(root, '%s-%d.log' % (worker, number))
+        share = cycles // workers + (1 if number < cycles % workers else 0)
         simulators.append((report, log, _python(
-            log, 'tests.stress.novasim',
+            log, 'tests.stress.' + worker,
             '--instances-path', host.instances_path,
             '--records', host.records, '--report', report,
-            '--seed', str(seed * 1000 + worker), '--cycles', str(share),
+            '--seed', str(seed * 1000 + number), '--cycles', str(share),
             '--max-live', str(max_live), '--mean-life', str(mean_life),
             '--min-age', str(MIN_AGE), '--images', str(images),
-            '--time-limit', str(time_limit))))
+            '--time-limit', str(time_limit),
+            python=WORKER_PYTHON[worker])))
     return simulators
+
+
+def _kill_a_nova_in_disk_info(root, host):
+    """Leave the directory of a spawn killed with disk.info created empty.
+
+    A nova-compute killed there leaves an empty disk.info for good; it must
+    hold back nothing. Returns violations.
+    """
+    log = os.path.join(root, 'novareal-killed.log')
+    process = _python(
+        log, 'tests.stress.novareal', '--instances-path', host.instances_path,
+        '--records', host.records, '--report', os.devnull,
+        '--killed-in-disk-info', python=NOVA_PYTHON)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    if process.returncode == -signal.SIGKILL:
+        return []
+    error = _stop(process, log)
+    return ['the spawn to be killed in disk.info ended with %s: %s' % (
+        process.returncode, error)]
 
 
 def _collect_simulators(simulators, errors, checker, result):
@@ -231,43 +380,43 @@ def _collect_simulators(simulators, errors, checker, result):
 
 
 def run_race(root, cycles, workers=4, seed=1, images=6, max_live=3,
-             mean_life=0.8, time_limit=3600, inspect_methods=()):
+             mean_life=0.8, time_limit=3600, inspect_methods=(),
+             worker=NOVASIM, daemon=False):
     """Run the race in directory ``root``; return a RaceResult.
 
-    The passes take turns with the [image_cache] inspect_method values in
-    ``inspect_methods``; with none, they use the default.
+    ``worker`` names the program that plays nova-compute (NOVASIM or
+    NOVAREAL). The passes are passloop's, back to back, or with
+    ``daemon`` the real daemon's. passloop's passes take turns with the
+    [image_cache] inspect_method values in ``inspect_methods``; with
+    none, they use the default.
     """
     started = time.monotonic()
-    host = Host(root)
-    pass_report = os.path.join(root, 'passloop.json')
-    pass_log = os.path.join(root, 'passloop.stderr')
-    pass_loop = _python(
-        pass_log, 'tests.stress.passloop', '--config-file', host.config_file,
-        '--report', pass_report,
-        *['--inspect-method=%s' % method for method in inspect_methods])
-    simulators = _start_simulators(root, host, cycles, workers, seed, images,
-                                   max_live, mean_life, time_limit)
+    # nova names backing files by absolute path.
+    root = os.path.abspath(root)
+    host = Host(root, daemon=daemon)
     checker = Checker(host)
+    if worker == NOVAREAL:
+        checker.add(_kill_a_nova_in_disk_info(root, host))
+    passes = (DaemonPasses if daemon else PassLoop)(root, host,
+                                                    inspect_methods)
+    simulators = _start_simulators(root, host, cycles, workers, seed, images,
+                                   max_live, mean_life, time_limit, worker)
     try:
         checker.check_until(lambda: all(p.poll() is not None
                                         for _r, _l, p in simulators))
         settle_until = time.monotonic() + SETTLE_SECONDS
         checker.check_until(lambda: time.monotonic() >= settle_until)
     finally:
-        pass_error = _stop(pass_loop, pass_log)
+        passes.stop()
         simulator_errors = [_stop(p, log) for _r, log, p in simulators]
     # Everything is quiet now: the last check is exact.
     checker.add(invariant.check_chains(host.instances_path, host.records))
     checker.add(invariant.check_tokens(host.instances_path, host.records))
-    result = RaceResult()
+    result = RaceResult(worker=worker)
     result.disks_at_end = sum(1 for _ in invariant.instance_disks(
         host.instances_path))
     _collect_simulators(simulators, simulator_errors, checker, result)
-    loop = _read_report(pass_report)
-    if loop is None or pass_loop.returncode != 0:
-        checker.add(['pass loop failed (exit %s): %s' % (
-            pass_loop.returncode, pass_error)])
-        loop = {}
+    loop = passes.report(checker)
     result.pass_loop = loop
     result.passes = loop.get('passes', 0)
     result.removed = loop.get('removed', 0)
@@ -283,21 +432,33 @@ def main(argv=None):
     parser.add_argument('--cycles', type=int, default=5000)
     parser.add_argument('--workers', type=int, default=4)
     parser.add_argument('--seed', type=int, default=int(time.time()))
-    parser.add_argument('--images', type=int, default=6)
+    parser.add_argument('--images', type=int,
+                        help='Images the workers spawn from (default: 6, '
+                             'or %d with --nova-real).' % NOVA_REAL_IMAGES)
     parser.add_argument('--max-live', type=int, default=3)
     parser.add_argument('--mean-life', type=float, default=0.8)
     parser.add_argument('--inspect-method', action='append', default=[],
                         choices=('auto', 'qemu-img'), dest='inspect_methods',
                         help='[image_cache] inspect_method of the passes; '
                              'given more than once, the passes take turns.')
+    parser.add_argument('--nova-real', action='store_true',
+                        help="Spawn through nova's real image code (in "
+                             '.venv-nova) against the real daemon.')
+    parser.add_argument('--time-limit', type=float, default=3600,
+                        help='Seconds after which the workers stop '
+                             'spawning, whatever the cycles.')
     parser.add_argument('--dir', help='Where to build the host (kept); '
                                       'default: a temporary directory.')
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     root = args.dir or tempfile.mkdtemp(prefix='cachekeeper-race-')
+    images = args.images or (NOVA_REAL_IMAGES if args.nova_real else 6)
     result = run_race(root, args.cycles, workers=args.workers,
-                      seed=args.seed, images=args.images,
+                      seed=args.seed, images=images,
                       max_live=args.max_live, mean_life=args.mean_life,
-                      inspect_methods=args.inspect_methods)
+                      time_limit=args.time_limit,
+                      inspect_methods=args.inspect_methods,
+                      worker=NOVAREAL if args.nova_real else NOVASIM,
+                      daemon=args.nova_real)
     print(json.dumps(dataclasses.asdict(result), indent=2))
     print('seed %d, host in %s: %s' % (args.seed, root, result.summary()),
           file=sys.stderr)
