@@ -21,7 +21,6 @@ disk.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from oslo_concurrency import processutils
 from oslo_utils import units
 
 from cachekeeper.cache import facts
+from cachekeeper.cache import names
 
 MARKER = '.cachekeeper-demo'
 CONFIG_FILE = 'cachekeeper.conf'
@@ -159,13 +159,7 @@ def image_id(image_name):
 
 def original_name(image_name):
     """The cache file name nova gives the image: sha1 of its id."""
-    return hashlib.sha1(image_id(image_name).encode('utf-8')).hexdigest()
-
-
-def _ephemeral_name(size_gb, fs_type):
-    # nova names ephemeral bases after md5 of the mkfs file system type.
-    digest = hashlib.md5(fs_type.encode('utf-8'), usedforsecurity=False)
-    return 'ephemeral_%d_%s' % (size_gb, digest.hexdigest()[:7])
+    return names.image_cache_name(image_id(image_name))
 
 
 _CIRROS = original_name('cirros-0.6.2')
@@ -174,10 +168,12 @@ _DEBIAN = original_name('debian-12')
 _CENTOS = original_name('centos-stream-9')
 _FEDORA = original_name('fedora-41')
 _ROCKY = original_name('rocky-9')
-_CIRROS_RESIZED = '%s_%d' % (_CIRROS, units.Gi)
-_DEBIAN_RESIZED = '%s_%d' % (_DEBIAN, units.Gi)
-_EPHEMERAL_VFAT = _ephemeral_name(1, 'vfat')
-_EPHEMERAL_EXT4 = _ephemeral_name(2, 'ext4')
+_CIRROS_RESIZED = names.resized_name(_CIRROS, units.Gi)
+_DEBIAN_RESIZED = names.resized_name(_DEBIAN, units.Gi)
+_EPHEMERAL_VFAT = names.ephemeral_name(1, 'vfat')
+_EPHEMERAL_EXT4 = names.ephemeral_name(2, 'ext4')
+_SWAP_512 = names.swap_name(512)
+_SWAP_1024 = names.swap_name(1024)
 
 CACHE_ENTRIES = (
     CacheEntry(_CIRROS, facts.ORIGINAL, 112 * units.Mi, OLD, 'cirros-0.6.2'),
@@ -192,16 +188,16 @@ CACHE_ENTRIES = (
                'cirros-0.6.2 resized to 1 GiB'),
     CacheEntry(_DEBIAN_RESIZED, facts.RESIZED, units.Gi, MEDIUM,
                'debian-12 resized to 1 GiB'),
-    CacheEntry(_CENTOS + '_sm', facts.LEGACY_SM, 640 * units.Mi, OLD,
-               'centos-stream-9, pre-Folsom small copy'),
-    CacheEntry('swap_512', facts.SWAP, 512 * units.Mi, OLD, '512 MiB swap'),
-    CacheEntry('swap_1024', facts.SWAP, units.Gi, OLD, '1 GiB swap'),
+    CacheEntry(_CENTOS + names.LEGACY_SM_SUFFIX, facts.LEGACY_SM,
+               640 * units.Mi, OLD, 'centos-stream-9, pre-Folsom small copy'),
+    CacheEntry(_SWAP_512, facts.SWAP, 512 * units.Mi, OLD, '512 MiB swap'),
+    CacheEntry(_SWAP_1024, facts.SWAP, units.Gi, OLD, '1 GiB swap'),
     CacheEntry(_EPHEMERAL_VFAT, facts.EPHEMERAL, units.Gi, MEDIUM,
                '1 GiB vfat ephemeral disk'),
     CacheEntry(_EPHEMERAL_EXT4, facts.EPHEMERAL, 2 * units.Gi, OLD,
                '2 GiB ext4 ephemeral disk'),
-    CacheEntry(original_name('opensuse-15.6') + '.part', facts.RESIDUE,
-               100 * units.Mi, OLD,
+    CacheEntry(original_name('opensuse-15.6') + names.PART_SUFFIX,
+               facts.RESIDUE, 100 * units.Mi, OLD,
                'opensuse-15.6 download cut short by a crash'),
     CacheEntry('cirros-latest', facts.FOREIGN, 0, None,
                'symbolic link to cirros-0.6.2, made by hand', link_to=_CIRROS),
@@ -209,7 +205,7 @@ CACHE_ENTRIES = (
 
 INSTANCES = (
     Instance('web-1', (Disk('disk', units.Gi, _CIRROS),
-                       Disk('disk.swap', 512 * units.Mi, 'swap_512'))),
+                       Disk('disk.swap', 512 * units.Mi, _SWAP_512))),
     # Booted before nova stopped making resized copies of originals.
     Instance('legacy-1', (Disk('disk', units.Gi, _CIRROS_RESIZED),)),
     Instance('db-1', (Disk('disk', 20 * units.Gi, _UBUNTU),
@@ -218,10 +214,10 @@ INSTANCES = (
     # <uuid>_resize directory still uses swap_1024.
     Instance('app-1',
              (Disk('disk', 20 * units.Gi, _UBUNTU),
-              Disk('disk.swap', 512 * units.Mi, 'swap_512')),
+              Disk('disk.swap', 512 * units.Mi, _SWAP_512)),
              resize_source_disks=(
                  Disk('disk', 10 * units.Gi, _UBUNTU),
-                 Disk('disk.swap', units.Gi, 'swap_1024'))),
+                 Disk('disk.swap', units.Gi, _SWAP_1024))),
     # Flat image backend: a raw copy of its image, no backing file.
     Instance('flat-1', (Disk('disk', units.Gi),), root_image='rocky-9'),
 )
@@ -234,7 +230,7 @@ def users(cache_name):
         if cache_name in [disk.base for disk in instance.disks]:
             found.append(instance.name)
         if cache_name in [disk.base for disk in instance.resize_source_disks]:
-            found.append(instance.name + '_resize')
+            found.append(instance.name + names.RESIZE_SUFFIX)
         if (instance.root_image
                 and cache_name == original_name(instance.root_image)):
             found.append(instance.name + ' (libvirt.xml only)')
@@ -333,7 +329,8 @@ def _make_cache_entries(instances_path):
         _make_sparse_file(path, entry.size)
         # nova's lock file for the base (a download residue was written
         # under the lock of the file it was to become).
-        lock_name = 'nova-' + entry.name.rsplit('.part', 1)[0]
+        lock_name = 'nova-' + (names.download_target(entry.name)
+                               or entry.name)
         with open(os.path.join(locks_dir, lock_name), 'a'):
             pass
 
@@ -350,7 +347,7 @@ def _make_instance(instances_path, instance):
     # the new one: in both, disk.info names the disks below <uuid>/.
     _write_disk_info(instance_dir, instance_dir, instance.disks)
     if instance.resize_source_disks:
-        resize_dir = instance_dir + '_resize'
+        resize_dir = instance_dir + names.RESIZE_SUFFIX
         _make_disks(instances_path, resize_dir, instance.resize_source_disks)
         _write_disk_info(resize_dir, instance_dir,
                          instance.resize_source_disks)
@@ -375,7 +372,7 @@ def _make_disks(instances_path, directory, disks):
 def _write_disk_info(directory, named_dir, disks):
     formats = {os.path.join(named_dir, disk.name): disk.format
                for disk in disks}
-    with open(os.path.join(directory, 'disk.info'), 'w') as f:
+    with open(os.path.join(directory, names.DISK_INFO), 'w') as f:
         f.write(json.dumps(formats))
 
 
@@ -413,7 +410,7 @@ def _write_libvirt_xml(instance_dir, instance):
                                bus='virtio')
     ElementTree.indent(domain)
     ElementTree.ElementTree(domain).write(
-        os.path.join(instance_dir, 'libvirt.xml'), encoding='unicode')
+        os.path.join(instance_dir, names.LIBVIRT_XML), encoding='unicode')
 
 
 def _set_cache_ages(cache_dir, now):

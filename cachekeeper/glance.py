@@ -45,7 +45,7 @@ from oslo_utils import units
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import locks
-from cachekeeper.cache import plan
+from cachekeeper.cache import names
 
 LOG = logging.getLogger(__name__)
 
@@ -55,14 +55,9 @@ API_VERSION = '2'
 # Glance caps a page at its api_limit_max, 1000 by default.
 LIST_PAGE_SIZE = 1000
 
-PART_SUFFIX = '.part'
-CONVERTED_SUFFIX = '.converted'
-
 # A download file nobody wrote to for this long belongs to a dead download.
 # A younger one may be nova's precache, which writes without nova's lock.
 STALE_DOWNLOAD_AGE = 600
-# The file made in the image cache to find out whether it takes O_DIRECT.
-DIRECT_IO_PROBE_PREFIX = '.directio.'
 
 # A pass downloads at most this many missing pinned images, so that it ends
 # in reasonable time; the others follow in the next passes.
@@ -125,7 +120,7 @@ def error_text(exc, limit=200):
 
 
 def _cache_names(image_ids):
-    return frozenset(plan.image_cache_name(i) for i in image_ids)
+    return frozenset(names.image_cache_name(i) for i in image_ids)
 
 
 def _size(nbytes):
@@ -269,7 +264,7 @@ class ImageService:
         self._download_failures &= pinned
         missing = sorted(
             (i for i in pinned
-             if plan.image_cache_name(i) not in present_names),
+             if names.image_cache_name(i) not in present_names),
             key=lambda i: (i in self._download_failures, i))
         results = []
         if not missing:
@@ -348,7 +343,8 @@ def _expected_hash(image):
 
 def _supports_direct_io(directory):
     """Whether files in ``directory`` can be opened with O_DIRECT."""
-    fd, path = tempfile.mkstemp(dir=directory, prefix=DIRECT_IO_PROBE_PREFIX)
+    fd, path = tempfile.mkstemp(dir=directory,
+                               prefix=names.DIRECT_IO_PROBE_PREFIX)
     os.close(fd)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC))
@@ -406,7 +402,7 @@ class Precacher:
         download early. Raises PrecacheError, leaving nothing behind.
         """
         started = time.monotonic()
-        name = plan.image_cache_name(image_id)
+        name = names.image_cache_name(image_id)
         path = os.path.join(self.cache_dir, name)
         image = self._active_image(image_id)
         converts = self.force_raw and image['disk_format'] != 'raw'
@@ -511,7 +507,8 @@ class Precacher:
 
     def _clear_dead_download(self, path):
         """Remove what a dead download left; refuse if one seems alive."""
-        for leftover in (path + PART_SUFFIX, path + CONVERTED_SUFFIX):
+        for leftover in (path + names.PART_SUFFIX,
+                         path + names.CONVERTED_SUFFIX):
             try:
                 st = os.lstat(leftover)
             except FileNotFoundError:
@@ -532,7 +529,7 @@ class Precacher:
         Every file made is appended to ``created`` before it is written,
         for the caller to remove if this fails.
         """
-        part = path + PART_SUFFIX
+        part = path + names.PART_SUFFIX
         downloaded, algorithm = self._download(image, part, created,
                                                progress, stop_event)
         fmt, virtual_size = self._checked_format(image, part)
@@ -540,7 +537,7 @@ class Precacher:
         if self.force_raw and fmt != 'raw':
             # The data is on disk now, so the raw copy is all it still needs.
             self._check_free_space(image['id'], virtual_size)
-            converted = path + CONVERTED_SUFFIX
+            converted = path + names.CONVERTED_SUFFIX
             created.append(converted)
             self._convert(part, converted, fmt, virtual_size)
             os.unlink(part)

@@ -23,29 +23,9 @@ from cachekeeper.cache import facts
 from cachekeeper import smallfile
 
 REPORT_FILE = 'last_pass.json'
-
-
-# Not frozen, as facts.Decision: one per cache file and pass.
-@dataclasses.dataclass(slots=True)
-class FileReport:
-    path: str
-    kind: str
-    verdict: str
-    age_s: float
-    size: int
-    reason: str
-
-    @classmethod
-    def from_decision(cls, decision, verdict=None, reason=None):
-        base_file = decision.base_file
-        # Positional, as plan.decide makes a Decision: one per cache file.
-        return cls(base_file.path, base_file.kind, verdict or decision.verdict,
-                   round(decision.age, 1), base_file.size,
-                   reason or decision.reason)
-
-    def to_dict(self):
-        # dataclasses.asdict copies deeply, ten times slower for strings.
-        return {name: getattr(self, name) for name in self.__slots__}
+# The report is written under a temporary name starting with this (see
+# smallfile.replace_json); a pass removes one a dead process left.
+TEMPORARY_PREFIX = '.' + REPORT_FILE
 
 
 @dataclasses.dataclass
@@ -102,7 +82,8 @@ class PassReport:
 
     def to_dict(self):
         return {
-            # FileReport's fields are plain values: no deep copy needed.
+            # facts.FileReport's fields are plain values: no deep copy
+            # needed.
             'files': [f.to_dict() for f in self.files],
             'summary': self.summary,
             'bytes_queued': self.bytes_queued,
@@ -192,4 +173,4 @@ def read(state_path):
 def write(report, state_path):
     """Write the JSON report into ``state_path`` atomically."""
     smallfile.replace_json(os.path.join(state_path, REPORT_FILE),
-                           report.to_dict(), '.' + REPORT_FILE)
+                           report.to_dict(), TEMPORARY_PREFIX)

@@ -42,8 +42,8 @@ MAX_SLEEP = 0.5
 def open_scrub_queue():
     """Open this host's scrub queue and bring it in line with the disk.
 
-    Raises db.StateError when the state database or the quarantine
-    directory cannot be used.
+    Raises db.StateError when the state database cannot be used, and
+    quarantine.QuarantineError when the quarantine directory cannot.
     """
     scrub_queue = queue.from_conf(CONF)
     try:

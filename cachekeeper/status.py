@@ -31,8 +31,8 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import scan
 from cachekeeper import coordination
 from cachekeeper import report
-from cachekeeper.scrub import queue
-from cachekeeper.scrub import totals
+from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import totals
 
 # nova's [image_cache] manager_interval when nova.conf does not set it.
 NOVA_DEFAULT_MANAGER_INTERVAL = 2400
@@ -97,7 +97,8 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
     filesystem = filesystem_of(cache_dir if os.path.isdir(cache_dir)
                                else conf.instances_path)
     counts = scrub_queue.counts()
-    waiting = scrub_queue.entries((queue.QUEUED, queue.PARKED))
+    waiting = scrub_queue.entries((scrub_entries.QUEUED,
+                                   scrub_entries.PARKED))
     running = scrub_queue.totals()
     document = {
         'cache': cache,
@@ -105,12 +106,12 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
         'last_pass': _last_pass(last_pass),
         'queue': {
             'entries': {state: counts.get(state, 0)
-                        for state in queue.ACTIVE_STATES
-                        + queue.FINAL_STATES},
+                        for state in scrub_entries.ACTIVE_STATES
+                        + scrub_entries.FINAL_STATES},
             'quarantined_bytes': sum(e.allocated for e in waiting),
             'parked': [{'id': e.id, 'path': e.path,
                         'last_error': e.last_error}
-                       for e in waiting if e.state == queue.PARKED],
+                       for e in waiting if e.state == scrub_entries.PARKED],
         },
         'totals': {
             'reclaimed_bytes': running[totals.RECLAIMED_BYTES],
@@ -187,7 +188,7 @@ def _warnings(document, limits, filesystem, conf, now):
         warnings.append('the filesystem of the image cache is %.1f%% full, '
                         'over its high watermark of %d%%' % (
                             filesystem.percent, limits.high_percent))
-    parked = document['queue']['entries'][queue.PARKED]
+    parked = document['queue']['entries'][scrub_entries.PARKED]
     if parked:
         warnings.append('%d scrub queue entries are parked: see '
                         'cachekeeper-manage scrub list' % parked)
@@ -368,9 +369,11 @@ def render(document):
     quarantined = document['queue']['quarantined_bytes']
     lines.append(_row('Scrub queue', '%d queued, %d parked (%s in '
                       'quarantine); %d drained, %d restored' % (
-                          entries[queue.QUEUED], entries[queue.PARKED],
+                          entries[scrub_entries.QUEUED],
+                          entries[scrub_entries.PARKED],
                           budget.size_text(quarantined),
-                          entries[queue.DRAINED], entries[queue.RESTORED])))
+                          entries[scrub_entries.DRAINED],
+                          entries[scrub_entries.RESTORED])))
     running = document['totals']
     lines.append(_row('Totals', '%s reclaimed, %d errors, %d files came '
                       'back within %s of their removal' % (

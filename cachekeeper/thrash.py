@@ -18,6 +18,13 @@ cache's budget too small. The scrub queue remembers every removal for a
 while; a pass that finds a file of the same name back in the cache records
 the comeback on the queue entry, so that each one is counted and reported
 once.
+
+It is a top-level module, not part of cachekeeper.scrub or
+cachekeeper.cache, for the reason status.py is: it reads both. It judges
+the rules of the pass (cache.plan and cache.budget, whose options its
+advice names) by the queue's history of removals (scrub.entries). In scrub
+it would tie the queue to the pass's rules; in cache, the pass's library
+to the queue's records. The pass's manager, above both, calls it.
 """
 
 import dataclasses
@@ -25,11 +32,12 @@ import dataclasses
 from cachekeeper.cache import budget
 from cachekeeper.cache import facts
 from cachekeeper.cache import plan
-from cachekeeper.scrub import queue
-from cachekeeper.scrub import totals
+from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import totals
 
 # The states of an entry whose file left the cache for good or for now.
-_REMOVED_STATES = (queue.QUEUED, queue.DRAINING, queue.PARKED, queue.DRAINED)
+_REMOVED_STATES = (scrub_entries.QUEUED, scrub_entries.DRAINING,
+                   scrub_entries.PARKED, scrub_entries.DRAINED)
 
 _AGE_OPTIONS = {
     facts.ORIGINAL: 'remove_unused_original_minimum_age_seconds',
@@ -89,39 +97,32 @@ def detect(state_db, base_files, now, window):
     present = {b.path: b for b in base_files if b.is_regular}
     comebacks = []
     with state_db.transaction() as connection:
-        rows = connection.execute(
-            'SELECT id, path, kind, reason, ino, mtime_ns, queued_at '
-            'FROM scrub_entry WHERE returned_at IS NULL AND state IN '
-            '(%s) ORDER BY id DESC' % ', '.join('?' * len(_REMOVED_STATES)),
-            _REMOVED_STATES).fetchall()
         counted = set()
-        for row in rows:
-            base_file = present.get(row['path'])
-            if base_file is None or _recorded_file(base_file, row):
+        for entry in scrub_entries.not_returned(connection, _REMOVED_STATES):
+            base_file = present.get(entry.path)
+            if base_file is None or _recorded_file(base_file, entry):
                 continue
-            came_back_at = min(max(base_file.mtime, row['queued_at']), now)
-            connection.execute(
-                'UPDATE scrub_entry SET returned_at = ? WHERE id = ?',
-                (came_back_at, row['id']))
+            came_back_at = min(max(base_file.mtime, entry.queued_at), now)
+            scrub_entries.set_returned(connection, entry.id, came_back_at)
             # An earlier removal of the same name counts once, with the
             # latest.
-            if (row['path'] in counted
-                    or came_back_at - row['queued_at'] > window):
+            if (entry.path in counted
+                    or came_back_at - entry.queued_at > window):
                 continue
-            counted.add(row['path'])
+            counted.add(entry.path)
             comebacks.append(Comeback(
-                entry_id=row['id'], path=row['path'], kind=row['kind'],
-                reason=row['reason'], removed_at=row['queued_at'],
+                entry_id=entry.id, path=entry.path, kind=entry.kind,
+                reason=entry.reason, removed_at=entry.queued_at,
                 came_back_at=came_back_at))
         totals.add(connection, totals.COMEBACKS, len(comebacks))
     return comebacks
 
 
-def _recorded_file(base_file, row):
+def _recorded_file(base_file, entry):
     """Whether ``base_file`` is the very file the entry recorded.
 
     It is when another pass quarantined it after this pass's scan.
     """
-    return (base_file.ino == row['ino']
-            and abs(base_file.mtime - row['mtime_ns'] / 1e9)
+    return (base_file.ino == entry.ino
+            and abs(base_file.mtime - entry.mtime_ns / 1e9)
             < _MTIME_TOLERANCE)

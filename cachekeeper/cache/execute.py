@@ -31,12 +31,13 @@ from oslo_log import log as logging
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
+from cachekeeper.cache import names
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import printable
-from cachekeeper import report
-from cachekeeper.scrub import db
+from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
+from cachekeeper.state import db
 
 LOG = logging.getLogger(__name__)
 
@@ -116,9 +117,9 @@ def _queues_for_removal(decision):
 
 def _interrupted(decision):
     if decision.verdict == facts.REMOVABLE:
-        return report.FileReport.from_decision(decision, facts.KEPT,
-                                               'pass interrupted')
-    return report.FileReport.from_decision(decision)
+        return facts.FileReport.from_decision(decision, facts.KEPT,
+                                              'pass interrupted')
+    return facts.FileReport.from_decision(decision)
 
 
 def _changed_since_scan(base_file, st):
@@ -191,8 +192,8 @@ class _Executor:
         """Return (references, doubts) of ``name`` from a recheck under
         its lock: the batch's, made for all of it when first needed."""
         if name in self._unrechecked:
-            names, self._unrechecked = sorted(self._unrechecked), set()
-            self._rechecked = self.inventory.recheck_many(names)
+            pending, self._unrechecked = sorted(self._unrechecked), set()
+            self._rechecked = self.inventory.recheck_many(pending)
         found = self._rechecked.pop(name, None)
         return self.inventory.recheck(name) if found is None else found
 
@@ -211,7 +212,7 @@ class _Executor:
                 return self._remove_residue(decision)
             if decision.verdict == facts.REMOVABLE:
                 return self._remove_if_unused(decision)
-            return report.FileReport.from_decision(decision)
+            return facts.FileReport.from_decision(decision)
         except (OSError, threading.ThreadError) as exc:
             message = 'could not carry out the decision for %s: %s' % (
                 path, exc)
@@ -222,13 +223,13 @@ class _Executor:
         # A file in use stays in use whatever went wrong around it.
         verdict = (facts.IN_USE if decision.verdict == facts.IN_USE
                    else facts.ERROR)
-        return report.FileReport.from_decision(decision, verdict, message)
+        return facts.FileReport.from_decision(decision, verdict, message)
 
     def _refresh(self, decision):
         """Refresh the mtime of a file in use, as nova's spawn does."""
         if self.dry_run:
-            return report.FileReport.from_decision(decision)
-        return report.FileReport.from_decision(
+            return facts.FileReport.from_decision(decision)
+        return facts.FileReport.from_decision(
             decision, reason=self._touch(decision.base_file, decision.reason))
 
     def _touch(self, base_file, reason):
@@ -251,7 +252,7 @@ class _Executor:
     def _remove_if_unused(self, decision):
         base_file = decision.base_file
         if self.dry_run:
-            return report.FileReport.from_decision(
+            return facts.FileReport.from_decision(
                 decision, facts.QUEUED,
                 'dry run: would queue for removal: %s' % decision.reason)
         with self._nova_lock(base_file.name):
@@ -260,7 +261,7 @@ class _Executor:
                 return self._remove_rechecked(decision)
         verdict, reason = refusal
         LOG.info('Kept image cache file %s: %s', base_file.path, reason)
-        return report.FileReport.from_decision(decision, verdict, reason)
+        return facts.FileReport.from_decision(decision, verdict, reason)
 
     def _remove_residue(self, decision):
         """Delete stale download residue under the lock of its target.
@@ -272,10 +273,10 @@ class _Executor:
         """
         base_file = decision.base_file
         if self.dry_run:
-            return report.FileReport.from_decision(
+            return facts.FileReport.from_decision(
                 decision, facts.REMOVED,
                 'dry run: would remove: %s' % decision.reason)
-        target = plan.download_target(base_file.name)
+        target = names.download_target(base_file.name)
         try:
             with self._nova_lock(target, blocking=False):
                 refusal = self._recheck(decision)
@@ -284,8 +285,8 @@ class _Executor:
                     self.result.bytes_removed += base_file.allocated
                     LOG.info('Removed download residue %s: %s',
                              base_file.path, decision.reason)
-                    return report.FileReport.from_decision(decision,
-                                                           facts.REMOVED)
+                    return facts.FileReport.from_decision(decision,
+                                                          facts.REMOVED)
         except lockutils.AcquireLockFailedException:
             refusal = facts.KEPT, (
                 'not removed: the lock %s is held, a download of %s may be '
@@ -293,7 +294,7 @@ class _Executor:
                                                   target), target))
         verdict, reason = refusal
         LOG.info('Kept download residue %s: %s', base_file.path, reason)
-        return report.FileReport.from_decision(decision, verdict, reason)
+        return facts.FileReport.from_decision(decision, verdict, reason)
 
     def _remove_rechecked(self, decision):
         base_file = decision.base_file
@@ -306,16 +307,16 @@ class _Executor:
                 drain_at=now if decision.drain_now else None)
         except queue.TouchedMeanwhile as exc:
             LOG.info('Kept image cache file %s: %s', base_file.path, exc)
-            return report.FileReport.from_decision(
+            return facts.FileReport.from_decision(
                 decision, facts.KEPT, 're-touched while being removed')
-        except (queue.ScrubError, db.StateError) as exc:
+        except (scrub_entries.ScrubError, db.StateError) as exc:
             message = 'could not queue %s for removal: %s' % (
                 base_file.path, exc)
             self.result.add_error(base_file.path, message)
-            return report.FileReport.from_decision(decision, facts.ERROR,
-                                                   message)
+            return facts.FileReport.from_decision(decision, facts.ERROR,
+                                                  message)
         self.result.bytes_queued += entry.allocated
-        return report.FileReport.from_decision(decision, facts.QUEUED)
+        return facts.FileReport.from_decision(decision, facts.QUEUED)
 
     def _held(self, decision):
         """Return (KEPT, reason) if this host may no longer remove, or None."""

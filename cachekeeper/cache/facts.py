@@ -14,7 +14,7 @@
 
 The collecting modules (scan, inventory) produce these; plan turns them into
 one verdict per cache file without touching the disk; execute and report
-carry the verdicts out and tell about them.
+carry the verdicts out and tell about them, a FileReport per file.
 """
 
 import dataclasses
@@ -199,3 +199,32 @@ class Decision:
     min_age: int = None
     references: tuple = ()
     drain_now: bool = False
+
+
+# Not frozen, as Decision: one per cache file and pass.
+@dataclasses.dataclass(slots=True)
+class FileReport:
+    """What became of one file in a pass, as the pass report lists it.
+
+    Made from the Decision by execute, or for a leftover by residue; the
+    report (cachekeeper.report) renders them.
+    """
+
+    path: str
+    kind: str
+    verdict: str
+    age_s: float
+    size: int
+    reason: str
+
+    @classmethod
+    def from_decision(cls, decision, verdict=None, reason=None):
+        base_file = decision.base_file
+        # Positional, as plan.decide makes a Decision: one per cache file.
+        return cls(base_file.path, base_file.kind, verdict or decision.verdict,
+                   round(decision.age, 1), base_file.size,
+                   reason or decision.reason)
+
+    def to_dict(self):
+        # dataclasses.asdict copies deeply, ten times slower for strings.
+        return {name: getattr(self, name) for name in self.__slots__}

@@ -12,9 +12,10 @@
 
 """What earlier passes found in disks that have not changed since.
 
-Two kinds of answer are kept in the state database, each keyed by the
-disk's identity and the size and times that change whenever it is
-written: (st_dev, st_ino) and (st_size, st_mtime_ns, st_ctime_ns).
+Two kinds of answer are kept in the state database (in the tables of
+cachekeeper.state.inspections), each keyed by the disk's identity and the
+size and times that change whenever it is written: (st_dev, st_ino) and
+(st_size, st_mtime_ns, st_ctime_ns).
 
 - An inspection: for a disk read as a given format, the backing and data
   files its header names (found by qemu-img or the qcow2 header reader).
@@ -40,7 +41,8 @@ import time
 
 from oslo_log import log as logging
 
-from cachekeeper.scrub import db
+from cachekeeper.state import db
+from cachekeeper.state import inspections
 
 LOG = logging.getLogger(__name__)
 
@@ -51,51 +53,14 @@ HEADER = 'header'
 
 RACY_SECONDS = 2
 
-_VERSION = ('size', 'mtime_ns', 'ctime_ns')
-
-_INT64_RANGE = 2 ** 64
-_INT64_MAX = 2 ** 63 - 1
-
-
-def _signed(value):
-    # SQLite integers are signed 64-bit; st_ino and st_dev are unsigned.
-    return value - _INT64_RANGE if value > _INT64_MAX else value
-
 
 def _key(st, rest):
     """The key of an answer about the file of stat ``st``."""
-    return (_signed(st.st_dev), _signed(st.st_ino)) + rest
+    return (st.st_dev, st.st_ino) + rest
 
 
 def _version(st):
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class _Table:
-    """The statements of a table of answers: key, version, answer."""
-
-    def __init__(self, name, key, answer):
-        columns = key + _VERSION + answer
-        self.name = name
-        self.key_length = len(key)
-        self.select = 'SELECT %s FROM %s' % (', '.join(columns), name)
-        self.upsert = 'INSERT OR REPLACE INTO %s (%s) VALUES (%s)' % (
-            name, ', '.join(columns), ', '.join('?' * len(columns)))
-        self.delete = 'DELETE FROM %s WHERE %s' % (
-            name, ' AND '.join('%s = ?' % column for column in key))
-
-    def entry(self, row):
-        """Return (key, (version, answer)) from a row of ``select``."""
-        row = tuple(row)
-        end = self.key_length + len(_VERSION)
-        return row[:self.key_length], (row[self.key_length:end], row[end:])
-
-
-_INSPECTION = _Table('inspection', ('dev', 'ino', 'format'),
-                     ('method', 'backing_file', 'backing_format',
-                      'data_file'))
-_DETECTION = _Table('detection', ('dev', 'ino'), ('detector', 'format'))
-_TABLES = (_INSPECTION, _DETECTION)
 
 
 class InspectionCache:
@@ -120,15 +85,14 @@ class InspectionCache:
 
     def _load(self):
         entries = {}
-        for table in _TABLES:
+        for table in inspections.TABLES:
             try:
-                rows = self.state_db.query(table.select)
+                rows = inspections.read(self.state_db, table)
             except db.StateError as e:
                 LOG.warning('Cannot read the inspection cache (%s); what it '
                             'held is found again: %s', table.name, e)
                 continue
-            for row in rows:
-                key, entry = table.entry(row)
+            for key, entry in rows.items():
                 entries[(table, key)] = entry
         return entries
 
@@ -169,7 +133,7 @@ class InspectionCache:
         ``st`` is the disk's stat, ``fmt`` the format it is read as;
         only answers found by one of ``methods`` count.
         """
-        answer = self._get(_INSPECTION, st, (fmt,))
+        answer = self._get(inspections.INSPECTION, st, (fmt,))
         if answer is None or answer[0] not in methods:
             return None
         return answer[1:]
@@ -177,7 +141,7 @@ class InspectionCache:
     def store(self, st, fmt, method, backing_file, backing_format,
               data_file):
         """Keep what ``method`` found in the disk whose stat is ``st``."""
-        self._put(_INSPECTION, st, (fmt,),
+        self._put(inspections.INSPECTION, st, (fmt,),
                   (method, backing_file, backing_format, data_file))
 
     def lookup_format(self, st, detector):
@@ -186,14 +150,14 @@ class InspectionCache:
         ``st`` is the disk's stat; what another detector found does not
         count.
         """
-        answer = self._get(_DETECTION, st, ())
+        answer = self._get(inspections.DETECTION, st, ())
         if answer is None or answer[0] != detector:
             return None
         return answer[1]
 
     def store_format(self, st, detector, fmt):
         """Keep the format ``detector`` found in the disk of stat ``st``."""
-        self._put(_DETECTION, st, (), (detector, fmt))
+        self._put(inspections.DETECTION, st, (), (detector, fmt))
 
     def keep(self, inodes):
         """Keep the answers about inodes a pass relies on unread.
@@ -202,8 +166,7 @@ class InspectionCache:
         carried over from the last pass is not read again, but its disks'
         answers still serve the next process.
         """
-        kept = {(_signed(st_dev), _signed(st_ino))
-                for st_dev, st_ino in inodes}
+        kept = {(st_dev, st_ino) for st_dev, st_ino in inodes}
         with self._lock:
             self._kept_inodes |= kept
 
@@ -230,14 +193,6 @@ class InspectionCache:
         if not pending and not stale:
             return
         try:
-            with self.state_db.transaction() as connection:
-                for table in _TABLES:
-                    connection.executemany(table.delete, [
-                        key for entry_table, key in stale
-                        if entry_table is table])
-                    connection.executemany(table.upsert, [
-                        key + version + answer
-                        for (entry_table, key), (version, answer)
-                        in pending.items() if entry_table is table])
+            inspections.write(self.state_db, stale, pending)
         except db.StateError as e:
             LOG.warning('Cannot write the inspection cache: %s', e)

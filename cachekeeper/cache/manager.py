@@ -27,6 +27,7 @@ from oslo_log import log as logging
 from cachekeeper.cache import budget
 from cachekeeper.cache import execute
 from cachekeeper.cache import domains
+from cachekeeper.cache import evidence
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inspect_cache
@@ -35,14 +36,16 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import registry
 from cachekeeper.cache import residue
 from cachekeeper.cache import scan
+from cachekeeper import coordination
 from cachekeeper import glance
 from cachekeeper import report
 from cachekeeper import status
-from cachekeeper.scrub import db
-from cachekeeper.scrub import ledger
+from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
-from cachekeeper.scrub import thrash
-from cachekeeper.scrub import totals
+from cachekeeper.state import db
+from cachekeeper.state import ledger
+from cachekeeper.state import totals
+from cachekeeper import thrash
 
 LOG = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class CacheManager:
         # and instance directories are not read again.
         self._inspection_cache = inspect_cache.InspectionCache(
             scrub_queue.state_db)
-        self._inventory_memory = inventory.Memory()
+        self._inventory_memory = evidence.Memory()
         self._last_scan = {}
 
     def evaluate(self):
@@ -150,7 +153,7 @@ class CacheManager:
         """Match instance directories and libvirt domains.
 
         Returns the domains.Orphans, or None when [inventory] libvirt_uri
-        is not set. Raises inventory.DomainsUnavailable when libvirt
+        is not set. Raises domains.DomainsUnavailable when libvirt
         cannot be asked.
         """
         source = domains.LibvirtSource.from_conf(self.conf)
@@ -168,7 +171,10 @@ class CacheManager:
         result = report.PassReport(dry_run=dry_run, started_at=time.time())
         warnings = {}
         self._state_problems = {}
-        leftovers = residue.remove(self.conf, time.time(), dry_run=dry_run)
+        leftovers = residue.remove(
+            self.conf, time.time(), report.TEMPORARY_PREFIX,
+            coordination.file_backend_dir(self.conf.coordination.backend_url),
+            dry_run=dry_run)
         result.files.extend(leftovers.files)
         result.errors.extend(leftovers.errors)
         removed_bytes = leftovers.bytes_removed
@@ -246,7 +252,7 @@ class CacheManager:
     def _adopt_orphans(self):
         try:
             self.scrub_queue.adopt_orphans(time.time())
-        except (OSError, db.StateError, queue.ScrubError) as e:
+        except (OSError, db.StateError, scrub_entries.ScrubError) as e:
             self._state_problem('Cannot look for files in quarantine '
                                 'without a scrub queue entry', e)
 

@@ -19,29 +19,15 @@ with plain values and a pass can be explained after the fact.
 
 import dataclasses
 import functools
-import hashlib
 
 from cachekeeper.cache import facts
-
-# Cache file kinds whose name starts with the sha1 of an image id.
-_IMAGE_VARIANT_KINDS = (facts.RESIZED, facts.LEGACY_SM)
-_SHA1_LENGTH = 40
+from cachekeeper.cache import names
 
 # (unit, its seconds, the next smaller unit, its seconds).
 _DURATION_UNITS = (('d', 86400, 'h', 3600), ('h', 3600, 'm', 60),
                    ('m', 60, 's', 1))
 
 DELETED_IN_GLANCE = 'image deleted in Glance'
-
-# What nova (and cachekeeper-manage precache) write a download into, under
-# nova's lock for the file it becomes, before renaming it into place.
-DOWNLOAD_SUFFIXES = ('.part', '.converted')
-
-
-def image_cache_name(image_id):
-    """Return the name nova gives the cached copy of image ``image_id``."""
-    return hashlib.sha1(image_id.encode('utf-8'),
-                        usedforsecurity=False).hexdigest()
 
 
 def policy_from_conf(conf):
@@ -58,7 +44,7 @@ def policy_from_conf(conf):
                       else swap_min_age),
         ephemeral_min_age=(original_min_age if ephemeral_min_age is None
                            else ephemeral_min_age),
-        pinned_names=frozenset(image_cache_name(image_id)
+        pinned_names=frozenset(names.image_cache_name(image_id)
                                for image_id in opts.pinned_images
                                if image_id),
         deleted_image_min_age=(
@@ -104,18 +90,6 @@ def _with_more(text, more):
     return '%s (+%d more)' % (text, more) if more else text
 
 
-def download_target(name):
-    """Return the cache file name download residue ``name`` was to become.
-
-    None when ``name`` is not a download's (``<target>.part`` or
-    ``<target>.converted``): no lock is known to guard it.
-    """
-    for suffix in DOWNLOAD_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[:-len(suffix)]
-    return None
-
-
 def _foreign_reason(base_file):
     what = ('unrecognised name' if base_file.is_regular
             else base_file.file_type)
@@ -144,9 +118,9 @@ def _pinned_reason(name, kind, policy, catalog):
     for pinned_names, reason in pins:
         if name in pinned_names:
             return reason
-        if (kind in _IMAGE_VARIANT_KINDS
-                and name[:_SHA1_LENGTH] in pinned_names):
-            return 'copy of %s, %s' % (name[:_SHA1_LENGTH], reason)
+        if (kind in names.IMAGE_VARIANT_KINDS
+                and names.original_of(name) in pinned_names):
+            return 'copy of %s, %s' % (names.original_of(name), reason)
     return None
 
 
@@ -228,7 +202,7 @@ def _residue_decision(base_file, usage, policy, age, decision):
     min_age = policy.residue_min_age
     if min_age is None:
         return decision(facts.KEPT, 'download residue; not removed')
-    if download_target(base_file.name) is None:
+    if names.download_target(base_file.name) is None:
         return decision(facts.KEPT, 'temporary file, not a download of nova '
                                     'or cachekeeper; never removed')
     references = tuple(usage.references_to(base_file.name))

@@ -19,6 +19,8 @@ lives for less than a second; one that is older than
 ``[image_cache] residue_minimum_age_seconds`` belongs to a process that
 died, and a pass deletes it. nova's lock files (``nova-*``) never match.
 Download residue in the image cache is plan's and execute's business.
+Where the writers above this library (the pass report, a file
+coordination backend) keep their temporary files, the caller says.
 """
 
 import dataclasses
@@ -30,10 +32,8 @@ from oslo_log import log as logging
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
+from cachekeeper.cache import names
 from cachekeeper.cache import plan
-from cachekeeper import coordination
-from cachekeeper import glance
-from cachekeeper import report
 
 LOG = logging.getLogger(__name__)
 
@@ -54,19 +54,22 @@ def _prefix(prefix):
     return lambda name: name.startswith(prefix)
 
 
-def places(conf):
-    """Yield (directory, test of a name) for each kind of temporary file."""
-    yield conf.state_path, _prefix('.' + report.REPORT_FILE)
+def places(conf, report_prefix, backend_dir=None):
+    """Yield (directory, test of a name) for each kind of temporary file.
+
+    ``report_prefix`` starts the temporary names of the pass report in
+    ``state_path``; ``backend_dir`` is the directory of a file
+    coordination backend, None without one.
+    """
+    yield conf.state_path, _prefix(report_prefix)
     yield (locks.locks_dir(conf.instances_path),
            _prefix(locks.TEMPORARY_PREFIX))
-    backend_dir = coordination.file_backend_dir(
-        conf.coordination.backend_url)
     if backend_dir is not None:
         # Its lock files are made as nova's are.
         yield backend_dir, _prefix(locks.TEMPORARY_PREFIX)
     yield (os.path.join(conf.instances_path,
                         conf.image_cache.subdirectory_name),
-           _prefix(glance.DIRECT_IO_PROBE_PREFIX))
+           _prefix(names.DIRECT_IO_PROBE_PREFIX))
     if conf.metrics_file:
         # prometheus_client's write_to_textfile: <file>.<pid>.<thread id>
         pattern = re.compile(re.escape(os.path.basename(conf.metrics_file))
@@ -74,13 +77,16 @@ def places(conf):
         yield os.path.dirname(conf.metrics_file), pattern.fullmatch
 
 
-def remove(conf, now, dry_run=False):
-    """Delete cachekeeper's stale temporary files; return the Leftovers."""
+def remove(conf, now, report_prefix, backend_dir=None, dry_run=False):
+    """Delete cachekeeper's stale temporary files; return the Leftovers.
+
+    ``report_prefix`` and ``backend_dir`` are as places() takes them.
+    """
     min_age = conf.image_cache.residue_minimum_age_seconds
     leftovers = Leftovers()
-    for directory, matches in places(conf):
+    for directory, matches in places(conf, report_prefix, backend_dir):
         try:
-            names = sorted(filter(matches, os.listdir(directory)))
+            found = sorted(filter(matches, os.listdir(directory)))
         except (FileNotFoundError, NotADirectoryError):
             # Missing, nothing was left there; not a directory, the pass
             # reports it (the image cache) or it is not cachekeeper's.
@@ -89,7 +95,7 @@ def remove(conf, now, dry_run=False):
             leftovers.add_error(directory, 'cannot look for temporary files '
                                 'in %s: %s' % (directory, e.strerror))
             continue
-        for name in names:
+        for name in found:
             if name.startswith(locks.LOCK_FILE_PREFIX):
                 continue
             _remove_one(os.path.join(directory, name), now, min_age,
@@ -121,6 +127,6 @@ def _remove_one(path, now, min_age, dry_run, leftovers):
             return
         leftovers.bytes_removed += st.st_blocks * 512
         LOG.info('Removed %s: %s', path, reason)
-    leftovers.files.append(report.FileReport(
+    leftovers.files.append(facts.FileReport(
         path=path, kind=facts.RESIDUE, verdict=facts.REMOVED,
         age_s=round(age, 1), size=st.st_size, reason=reason))

@@ -13,36 +13,21 @@
 """List the image cache directory and classify its entries by name.
 
 Only lstat is used: nothing in the cache directory is opened or followed
-here, so symlinks, FIFOs and devices cannot block or mislead a pass.
+here, so symlinks, FIFOs and devices cannot block or mislead a pass. What
+a name says is nova's rule (names.kind_of); only a regular file is read
+by its name.
 """
 
 import operator
 import os
-import re
 import stat
 
 from oslo_log import log as logging
 
 from cachekeeper.cache import facts
+from cachekeeper.cache import names
 
 LOG = logging.getLogger(__name__)
-
-_SHA1 = '[0-9a-f]{40}'
-# Tried in order: the first that matches the whole name gives the kind.
-_NAME_PATTERNS = (
-    (_SHA1, facts.ORIGINAL),
-    (_SHA1 + '_[0-9]+', facts.RESIZED),
-    (_SHA1 + '_sm', facts.LEGACY_SM),
-    ('swap_[0-9]+', facts.SWAP),
-    ('ephemeral_[0-9]+_[0-9a-f]{7}', facts.EPHEMERAL),
-    (r'.+\.(?:part|converted|tmp)', facts.RESIDUE),
-)
-# All in one expression, one group per kind: the alternatives of a regular
-# expression are tried in order too.
-_NAME = re.compile('|'.join('(%s)' % pattern for pattern, _kind in
-                            _NAME_PATTERNS), re.DOTALL)
-_KINDS = {index + 1: kind for index, (_pattern, kind) in
-          enumerate(_NAME_PATTERNS)}
 
 _FILE_TYPES = (
     (stat.S_ISREG, 'file'),
@@ -66,8 +51,7 @@ def classify(name, mode):
     """Return the kind of a cache entry from its name and lstat mode."""
     if not stat.S_ISREG(mode):
         return facts.FOREIGN
-    match = _NAME.fullmatch(name)
-    return facts.FOREIGN if match is None else _KINDS[match.lastindex]
+    return names.kind_of(name)
 
 
 def base_file(path, st, name=None):

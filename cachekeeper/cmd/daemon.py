@@ -20,7 +20,8 @@ from oslo_log import log as logging
 from cachekeeper import concurrency
 from cachekeeper import config
 from cachekeeper import printable
-from cachekeeper.scrub import db
+from cachekeeper.scrub import quarantine
+from cachekeeper.state import db
 from cachekeeper import systemd
 from cachekeeper import version
 
@@ -54,7 +55,7 @@ def main():
         # Checked before the launcher starts, so that a state database or
         # quarantine directory that cannot be used is a start-up error.
         service.open_scrub_queue().close()
-    except db.StateError as e:
+    except (db.StateError, quarantine.QuarantineError) as e:
         print('cachekeeper: %s' % e, file=sys.stderr)
         return config.EXIT_CONFIG
     LOG.info('cachekeeper %s starting on the %s backend; image cache %s',

@@ -29,8 +29,8 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
 
+from cachekeeper.cache import domains
 from cachekeeper.cache import facts
-from cachekeeper.cache import inventory
 from cachekeeper.cache import locks
 from cachekeeper.cache import manager
 from cachekeeper.cache import plan
@@ -41,9 +41,11 @@ from cachekeeper import demo
 from cachekeeper import glance
 from cachekeeper import printable
 from cachekeeper import status
-from cachekeeper.scrub import db
-from cachekeeper.scrub import ledger
+from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.scrub import quarantine
 from cachekeeper.scrub import queue
+from cachekeeper.state import db
+from cachekeeper.state import ledger
 
 CONF = config.CONF
 
@@ -81,13 +83,13 @@ def _with_scrub_queue(action, moves_files=False):
     try:
         if moves_files:
             scrub_queue.check_quarantine_dir()
-    except db.StateError as e:
+    except quarantine.QuarantineError as e:
         scrub_queue.close()
         print('cachekeeper-manage: %s' % e, file=sys.stderr)
         return config.EXIT_CONFIG
     try:
         return action(scrub_queue)
-    except (queue.ScrubError, db.StateError, OSError) as e:
+    except (scrub_entries.ScrubError, db.StateError, OSError) as e:
         print('cachekeeper-manage: %s' % e, file=sys.stderr)
         return 1
     finally:
@@ -154,7 +156,7 @@ class CacheCommands:
         try:
             orphans = status.orphans_document(
                 manager.CacheManager(CONF, scrub_queue).orphans())
-        except inventory.DomainsUnavailable as e:
+        except domains.DomainsUnavailable as e:
             orphans = status.orphans_document(error=str(e))
         status.add_host_checks(
             document,
@@ -382,7 +384,7 @@ class ScrubCommands:
           help='Also list finished entries: drained, restored, rolled back.')
     def list(self, as_json=False, show_all=False):
         """List quarantined files, oldest first."""
-        states = None if show_all else queue.ACTIVE_STATES
+        states = None if show_all else scrub_entries.ACTIVE_STATES
         return _with_scrub_queue(lambda scrub_queue: self._list(
             scrub_queue.entries(states), as_json))
 

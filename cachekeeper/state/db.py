@@ -12,12 +12,18 @@
 
 """The state database: one SQLite file in ``[DEFAULT] state_path``.
 
-It holds the scrub queue, the aging ledger, running totals and what
-inspections of disks found (the inspection cache). Writes are short
-transactions, durable when they return (write-ahead log, synchronous=FULL),
-so a caller can commit what it is about to do before doing it. The daemon
-and cachekeeper-manage use the database at the same time: SQLite's locking
-serialises their writes, and a writer waits up to BUSY_TIMEOUT for another.
+It holds the scrub queue (whose statements are in
+cachekeeper.scrub.entries), the aging ledger, running totals and what
+inspections of disks found (the inspection cache); the other modules of
+this package hold the statements of the last three. The package imports
+nothing of the modules that keep state in it, so that the schema and its
+migrations are in one place below all of them.
+
+Writes are short transactions, durable when they return (write-ahead log,
+synchronous=FULL), so a caller can commit what it is about to do before
+doing it. The daemon and cachekeeper-manage use the database at the same
+time: SQLite's locking serialises their writes, and a writer waits up to
+BUSY_TIMEOUT for another.
 
 The schema version is SQLite's user_version. Migrations only go forward; a
 database written by a newer cachekeeper is refused, never downgraded.
@@ -43,7 +49,7 @@ _PRIVATE_DIR_BITS = 0o077
 # MIGRATIONS[n] takes the schema from version n to version n + 1.
 MIGRATIONS = (
     (
-        # The scrub queue (see cachekeeper.scrub.queue for the states).
+        # The scrub queue (see cachekeeper.scrub.entries for the states).
         '''CREATE TABLE scrub_entry (
                id INTEGER PRIMARY KEY AUTOINCREMENT,
                name TEXT NOT NULL,
@@ -63,7 +69,7 @@ MIGRATIONS = (
                last_error TEXT,
                bytes_reclaimed INTEGER)''',
         'CREATE INDEX scrub_entry_state ON scrub_entry (state, id)',
-        # The aging ledger (see cachekeeper.scrub.ledger).
+        # The aging ledger (see cachekeeper.state.ledger).
         '''CREATE TABLE ledger (
                name TEXT PRIMARY KEY,
                first_seen_unused REAL,
@@ -74,13 +80,13 @@ MIGRATIONS = (
         # (evicted over budget); returned_at: when its file came back.
         'ALTER TABLE scrub_entry ADD COLUMN drain_at REAL',
         'ALTER TABLE scrub_entry ADD COLUMN returned_at REAL',
-        # Running totals (see cachekeeper.scrub.totals).
+        # Running totals (see cachekeeper.state.totals).
         '''CREATE TABLE counter (
                name TEXT PRIMARY KEY,
                value INTEGER NOT NULL)''',
     ),
     (
-        # The inspection cache (see cachekeeper.cache.inspect_cache).
+        # The inspection cache (see cachekeeper.state.inspections).
         '''CREATE TABLE inspection (
                dev INTEGER NOT NULL,
                ino INTEGER NOT NULL,
@@ -96,7 +102,7 @@ MIGRATIONS = (
     ),
     (
         # The formats detected in disks nobody recorded a format for (see
-        # cachekeeper.cache.inspect_cache). A table of its own, not rows of
+        # cachekeeper.state.inspections). A table of its own, not rows of
         # inspection under a reserved format: a detection has another key
         # (one per disk, not one per format it is read as) and other
         # columns (the detector, not a method and backing files), and no

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from tests.lib import nova
+
 MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
 # The real one, even while a fake qemu-img is first on a pass's PATH.
 QEMU_IMG = shutil.which('qemu-img')
@@ -44,31 +46,6 @@ DEFAULT_OPTIONS = {
 }
 
 PASS_TIMEOUT = 30
-
-LIBVIRT_XML = '''<domain type="kvm">
-  <name>instance-00000001</name>
-  <metadata>
-    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
-      <nova:package version="31.0.0"/>
-      <nova:name>vm</nova:name>
-      <nova:flavor name="m1.small">
-        <nova:memory>2048</nova:memory>
-        <nova:disk>20</nova:disk>
-        <nova:swap>{swap_mb}</nova:swap>
-        <nova:ephemeral>{ephemeral_gb}</nova:ephemeral>
-        <nova:vcpus>1</nova:vcpus>
-      </nova:flavor>
-      <nova:root type="image" uuid="{image_id}"/>
-    </nova:instance>
-  </metadata>
-  <devices>
-    <disk type="file" device="disk">
-      <driver name="qemu" type="raw"/>
-      <source file="{directory}/disk"/>
-    </disk>
-  </devices>
-</domain>
-'''
 
 
 def image(image_id):
@@ -186,7 +163,7 @@ class HostTree:
                            for name, fmt in recorded.items()}, f)
         if libvirt_xml is not None:
             with open(os.path.join(path, 'libvirt.xml'), 'w') as f:
-                f.write(LIBVIRT_XML.format(directory=path, **libvirt_xml))
+                f.write(nova.libvirt_xml(directory=path, **libvirt_xml))
         return path
 
     def write_config(self, **image_cache):

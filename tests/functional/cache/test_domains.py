@@ -79,10 +79,9 @@ import sys
 import eventlet
 eventlet.monkey_patch()
 from cachekeeper.cache import domains
-from cachekeeper.cache import inventory
 try:
     domains.LibvirtSource(sys.argv[1], timeout=0.5).domains()
-except inventory.DomainsUnavailable as e:
+except domains.DomainsUnavailable as e:
     print(e)
 '''
 
@@ -277,7 +276,7 @@ class DomainsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.addCleanup(silent.close)
         uri = 'qemu+unix:///system?socket=%s' % path
         started = time.monotonic()
-        with self.assertRaises(inventory.DomainsUnavailable) as raised:
+        with self.assertRaises(domains.DomainsUnavailable) as raised:
             domains.LibvirtSource(uri, timeout=0.5).domains()
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual('no answer within 0.5 s', raised.exception.message)
@@ -302,7 +301,7 @@ class DomainsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         # An import of a module mapped to None fails, as if it were not
         # installed.
         with mock.patch.dict(sys.modules, libvirt=None):
-            with self.assertRaises(inventory.DomainsUnavailable) as raised:
+            with self.assertRaises(domains.DomainsUnavailable) as raised:
                 domains.LibvirtSource(TEST_URI).domains()
         self.assertIn('libvirt-python', raised.exception.message)
 

@@ -25,8 +25,8 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import plan
 from cachekeeper.cache import scan
-from cachekeeper.scrub import db
 from cachekeeper.scrub import queue
+from cachekeeper.state import db
 from tests.functional.cache import test_locks
 
 DAY = 86400

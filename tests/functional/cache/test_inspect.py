@@ -25,6 +25,7 @@ import pytest
 
 from cachekeeper.cache import inspect
 from cachekeeper import conf as ck_conf
+from tests.lib import instances
 
 QEMU_IMG = shutil.which('qemu-img')
 
@@ -46,22 +47,6 @@ def images(tmp_path):
     qemu_img('create', '-q', '-f', 'qcow2', str(d / 'plain.qcow2'), '1M')
     qemu_img('create', '-q', '-f', 'vmdk', str(d / 'plain.vmdk'), '1M')
     return d
-
-
-@pytest.fixture
-def fake_bin(tmp_path, monkeypatch):
-    """A directory first on PATH, for a fake qemu-img."""
-    d = tmp_path / 'bin'
-    d.mkdir()
-    monkeypatch.setenv('PATH', '%s:%s' % (d, os.environ['PATH']))
-    return d
-
-
-def install_fake_qemu_img(bin_dir, body):
-    script = bin_dir / 'qemu-img'
-    script.write_text('#!/bin/sh\n' + textwrap.dedent(body))
-    script.chmod(0o755)
-    return script
 
 
 def process_alive(pid):
@@ -163,7 +148,7 @@ def test_missing_qemu_img_without_prlimit(images, tmp_path, monkeypatch):
     ('kill -SEGV $$', 'killed by signal 11'),
 ])
 def test_bad_qemu_img(images, fake_bin, body, expected):
-    install_fake_qemu_img(fake_bin, body)
+    instances.install_fake_qemu_img(fake_bin, body)
     inspector = inspect.Inspector()
     with pytest.raises(inspect.InspectError) as e:
         inspector.inspect(str(images / 'plain.qcow2'), 'qcow2')
@@ -174,7 +159,7 @@ def test_bad_qemu_img(images, fake_bin, body, expected):
 
 def test_command_line_environment_and_limits(images, fake_bin, tmp_path):
     record = tmp_path / 'record'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         echo "$@" > %(r)s
         echo "$LC_ALL $LANG" >> %(r)s
         ulimit -v >> %(r)s
@@ -196,7 +181,7 @@ def test_limits_without_prlimit_binary(images, fake_bin, tmp_path,
                                        monkeypatch):
     # Only the fake qemu-img and a shell on PATH: no prlimit binary.
     record = tmp_path / 'record'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         ulimit -v > %(r)s
         ulimit -t >> %(r)s
         echo '{"format": "qcow2"}'
@@ -209,7 +194,7 @@ def test_limits_without_prlimit_binary(images, fake_bin, tmp_path,
 
 
 def test_cpu_limit_kills(images, fake_bin):
-    install_fake_qemu_img(fake_bin, 'while :; do :; done')
+    instances.install_fake_qemu_img(fake_bin, 'while :; do :; done')
     started = time.monotonic()
     with pytest.raises(inspect.InspectError) as e:
         inspect.Inspector(cpu_time_limit=1, timeout=20).inspect(
@@ -220,7 +205,7 @@ def test_cpu_limit_kills(images, fake_bin):
 
 def test_timeout_kills_and_reaps(images, fake_bin, tmp_path):
     pids = tmp_path / 'pids'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         sleep 60 &
         echo $$ $! > %s
         wait
@@ -242,7 +227,7 @@ def test_timeout_kills_and_reaps(images, fake_bin, tmp_path):
 
 def test_a_child_left_behind_is_killed(images, fake_bin, tmp_path):
     pid_file = tmp_path / 'pid'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         sleep 60 &
         echo $! > %s
         echo '{"format": "qcow2"}'
@@ -315,7 +300,7 @@ def test_inspect_many_is_bounded(images, fake_bin, tmp_path):
     running = tmp_path / 'running'
     running.mkdir()
     counts = tmp_path / 'counts'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         touch %(run)s/$$
         ls %(run)s | wc -l >> %(counts)s
         sleep 0.3
@@ -357,7 +342,7 @@ def test_timeout_under_eventlet(images, fake_bin, tmp_path):
     # The daemon's default backend monkey-patches; a hung qemu-img must
     # still be killed, and the pool must still work.
     pid_file = tmp_path / 'pid'
-    install_fake_qemu_img(fake_bin, '''
+    instances.install_fake_qemu_img(fake_bin, '''
         case "$*" in *hang*) echo $$ > %s; exec sleep 60;; esac
         exec %s "$@"
     ''' % (pid_file, QEMU_IMG))

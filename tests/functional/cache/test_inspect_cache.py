@@ -19,10 +19,11 @@ import types
 
 import pytest
 
+from cachekeeper.cache import evidence
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inspect_cache
 from cachekeeper.cache import inventory
-from cachekeeper.scrub import db
+from cachekeeper.state import db
 from tests.functional.cache import hosttree
 
 FOUND = ('base.raw', 'raw', None)
@@ -363,7 +364,7 @@ def test_answers_of_directories_carried_over_are_kept(state_db, tmp_path):
         os.utime(path, (past, past))
     time.sleep(inspect_cache.RACY_SECONDS + 0.1)
     # As the daemon's manager keeps them from pass to pass.
-    memory = inventory.Memory()
+    memory = evidence.Memory()
     cache = inspect_cache.InspectionCache(state_db)
     passes = []
     for _ in range(2):
@@ -393,7 +394,7 @@ def test_answers_about_deleted_instances_are_forgotten(state_db, tmp_path):
         for path in (directory, directory / 'disk'):
             os.utime(path, (past, past))
     time.sleep(inspect_cache.RACY_SECONDS + 0.1)
-    memory = inventory.Memory()
+    memory = evidence.Memory()
     cache = inspect_cache.InspectionCache(state_db)
 
     def run_pass():

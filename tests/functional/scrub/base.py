@@ -22,8 +22,8 @@ import fixtures
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
-from cachekeeper.scrub import db
 from cachekeeper.scrub import queue
+from cachekeeper.state import db
 
 HOST = 'host-a'
 NOW = 1800000000.0
@@ -46,6 +46,7 @@ class ScrubTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.quarantine_dir = os.path.join(self.instances_path,
                                            '.cachekeeper-quarantine')
         self.state_path = os.path.join(self.root, 'state')
+        self.config_file = os.path.join(self.root, 'cachekeeper.conf')
         os.makedirs(self.cache_dir)
         os.mkdir(self.state_path, 0o700)
         self.queue = self.make_queue()
@@ -57,6 +58,16 @@ class ScrubTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.addCleanup(scrub_queue.close)
         scrub_queue.check_quarantine_dir()
         return scrub_queue
+
+    def write_config(self, **scrubber):
+        """Write config_file for cachekeeper-manage on this tree."""
+        with open(self.config_file, 'w') as f:
+            f.write('[DEFAULT]\ninstances_path = %s\nstate_path = %s\n'
+                    'host = %s\n' % (self.instances_path, self.state_path,
+                                     HOST))
+            f.write('[scrubber]\n')
+            for name, value in scrubber.items():
+                f.write('%s = %s\n' % (name, value))
 
     def host_dir(self, host=HOST):
         return os.path.join(self.quarantine_dir, host)

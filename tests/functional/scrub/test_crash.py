@@ -12,53 +12,35 @@
 
 """SIGKILL at every step of quarantine, drain and restore, then restart.
 
-A child process works on real files and kills itself at the named step
-(CACHEKEEPER_CRASH_AT); the test process then reconciles, as the daemon
-does at start-up, and checks that every file is in exactly one place: in
-the cache, in quarantine with one active entry, or deleted with one
-drained entry.
+cachekeeper-manage (a pass, scrub drain, scrub restore) works on real
+files and is killed at the named step by the crash hook that
+tests/lib/crash.py installs; the test process then reconciles, as the
+daemon does at start-up, and checks that every file is in exactly one
+place: in the cache, in quarantine with one active entry, or deleted with
+one drained entry.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 
+from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
+from cachekeeper.scrub import reconcile
 from tests.functional.scrub import base
 
 FILES = 3
-
-CHILD = '''
-import json
-import sys
-
-from cachekeeper.cache import locks
-from cachekeeper.cache import scan
-from cachekeeper.scrub import db
-from cachekeeper.scrub import queue
-
-args = json.loads(sys.argv[1])
-scrub_queue = queue.ScrubQueue(
-    db.open_state(args['state_path']), args['instances_path'],
-    args['cache_dir'], args['quarantine_dir'], args['host'])
-if args['action'] == 'quarantine':
-    for base_file in scan.scan(args['cache_dir']):
-        with locks.nova_lock(args['instances_path'], base_file.name):
-            scrub_queue.quarantine(base_file, 'crash test', args['now'])
-elif args['action'] == 'drain':
-    scrub_queue.drain(args['now'], 0, 3)
-elif args['action'] == 'restore':
-    for entry in scrub_queue.entries([queue.QUEUED]):
-        scrub_queue.restore(entry.id, args['now'])
-'''
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
 
 
 class CrashTestCase(base.ScrubTestCase):
 
     def setUp(self):
         super().setUp()
+        self.write_config()
         self.contents = {}
         for number in range(FILES):
             content = os.urandom(4096 + number)
@@ -66,17 +48,26 @@ class CrashTestCase(base.ScrubTestCase):
             self.contents[base_file.ino] = content
 
     def run_child(self, action, crash_at=None):
-        env = dict(os.environ)
-        env.pop(queue.CRASH_AT_ENV, None)
+        """Run cachekeeper-manage for ``action``, killed at ``crash_at``.
+
+        quarantine: a pass (it quarantines every file, all unused and
+        old); drain: scrub drain; restore: scrub restore of the oldest
+        queued entry.
+        """
+        if action == 'quarantine':
+            command = ['cache', 'pass']
+        elif action == 'drain':
+            command = ['scrub', 'drain']
+        else:
+            [oldest, *_] = self.queue.entries([scrub_entries.QUEUED])
+            command = ['scrub', 'restore', str(oldest.id)]
+        argv = ['--config-file', self.config_file] + command
         if crash_at:
-            env[queue.CRASH_AT_ENV] = crash_at
-        args = json.dumps({
-            'action': action, 'state_path': self.state_path,
-            'instances_path': self.instances_path,
-            'cache_dir': self.cache_dir,
-            'quarantine_dir': self.quarantine_dir, 'host': base.HOST,
-            'now': base.NOW})
-        child = subprocess.run([sys.executable, '-c', CHILD, args], env=env,
+            argv = [sys.executable, '-m', 'tests.lib.crash', crash_at] + argv
+        else:
+            argv = [MANAGE] + argv
+        child = subprocess.run(argv, cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=ROOT),
                                capture_output=True, text=True, timeout=60)
         expected = -signal.SIGKILL if crash_at else 0
         self.assertEqual(expected, child.returncode, child.stderr)
@@ -93,10 +84,10 @@ class CrashTestCase(base.ScrubTestCase):
         in_quarantine = self.inodes(self.host_dir())
         for ino, content in self.contents.items():
             with self.subTest(ino=ino):
-                active = [e for e in entries
-                          if e.ino == ino and e.state in queue.ACTIVE_STATES]
-                drained = [e for e in entries
-                           if e.ino == ino and e.state == queue.DRAINED]
+                active = [e for e in entries if e.ino == ino
+                          and e.state in scrub_entries.ACTIVE_STATES]
+                drained = [e for e in entries if e.ino == ino
+                           and e.state == scrub_entries.DRAINED]
                 if ino in in_cache:
                     self.assertNotIn(ino, in_quarantine)
                     self.assertEqual(([], []), (active, drained))
@@ -104,7 +95,8 @@ class CrashTestCase(base.ScrubTestCase):
                 elif ino in in_quarantine:
                     self.assertEqual([], drained)
                     [entry] = active
-                    self.assertIn(entry.state, (queue.QUEUED, queue.PARKED))
+                    self.assertIn(entry.state,
+                                  (scrub_entries.QUEUED, scrub_entries.PARKED))
                     self.assertEqual(in_quarantine[ino],
                                      entry.quarantine_path)
                     self.assertEqual(content, self.read(entry.quarantine_path))
@@ -116,7 +108,8 @@ class CrashTestCase(base.ScrubTestCase):
         self.assertLessEqual(set(in_cache) | set(in_quarantine),
                              set(self.contents))
         self.assertEqual([], [e for e in entries if e.state in (
-            queue.QUARANTINING, queue.DRAINING, queue.RESTORING)])
+            scrub_entries.QUARANTINING, scrub_entries.DRAINING,
+            scrub_entries.RESTORING)])
 
     def assert_completes(self, scrub_queue):
         """After the restart, the work can be finished and is done once."""
@@ -128,7 +121,7 @@ class CrashTestCase(base.ScrubTestCase):
         for ino in self.contents:
             self.assertEqual(1, len([
                 e for e in entries
-                if e.ino == ino and e.state == queue.DRAINED]))
+                if e.ino == ino and e.state == scrub_entries.DRAINED]))
 
     def inodes(self, directory):
         found = {}
@@ -150,7 +143,7 @@ class CrashTestCase(base.ScrubTestCase):
         self.assertEqual(FILES, len(os.listdir(self.cache_dir)))
         scrub_queue = self.restart()
         [entry] = scrub_queue.entries()
-        self.assertEqual(queue.ROLLED_BACK, entry.state)
+        self.assertEqual(scrub_entries.ROLLED_BACK, entry.state)
         self.assert_consistent(scrub_queue)
         self.assert_completes(scrub_queue)
 
@@ -159,7 +152,7 @@ class CrashTestCase(base.ScrubTestCase):
         self.assertEqual(FILES - 1, len(os.listdir(self.cache_dir)))
         scrub_queue = self.restart()
         [entry] = scrub_queue.entries()
-        self.assertEqual(queue.QUEUED, entry.state)
+        self.assertEqual(scrub_entries.QUEUED, entry.state)
         self.assert_consistent(scrub_queue)
         self.assert_completes(scrub_queue)
 
@@ -167,7 +160,7 @@ class CrashTestCase(base.ScrubTestCase):
         self.run_child('quarantine')
         self.run_child('drain', 'drain-claimed')
         scrub_queue = self.restart()
-        self.assertEqual([queue.QUEUED] * FILES,
+        self.assertEqual([scrub_entries.QUEUED] * FILES,
                          [e.state for e in scrub_queue.entries()])
         self.assert_consistent(scrub_queue)
         self.assert_completes(scrub_queue)
@@ -176,8 +169,9 @@ class CrashTestCase(base.ScrubTestCase):
         self.run_child('quarantine')
         self.run_child('drain', 'drain-unlinked')
         scrub_queue = self.restart()
-        self.assertEqual([queue.DRAINED] + [queue.QUEUED] * (FILES - 1),
-                         [e.state for e in scrub_queue.entries()])
+        self.assertEqual(
+            [scrub_entries.DRAINED] + [scrub_entries.QUEUED] * (FILES - 1),
+            [e.state for e in scrub_queue.entries()])
         self.assert_consistent(scrub_queue)
         self.assert_completes(scrub_queue)
 
@@ -187,10 +181,11 @@ class CrashTestCase(base.ScrubTestCase):
         scrub_queue = self.restart()
         entries = scrub_queue.entries()
         # An interrupted restore keeps the file, waiting for the operator.
-        self.assertEqual([queue.PARKED] + [queue.QUEUED] * (FILES - 1),
-                         [e.state for e in entries])
+        self.assertEqual(
+            [scrub_entries.PARKED] + [scrub_entries.QUEUED] * (FILES - 1),
+            [e.state for e in entries])
         self.assert_consistent(scrub_queue)
-        self.assertEqual(queue.RESTORED,
+        self.assertEqual(scrub_entries.RESTORED,
                          scrub_queue.restore(entries[0].id, base.NOW).state)
         self.assert_consistent(scrub_queue)
 
@@ -199,8 +194,9 @@ class CrashTestCase(base.ScrubTestCase):
         self.run_child('restore', 'restore-renamed')
         scrub_queue = self.restart()
         entries = scrub_queue.entries()
-        self.assertEqual([queue.RESTORED] + [queue.QUEUED] * (FILES - 1),
-                         [e.state for e in entries])
+        self.assertEqual(
+            [scrub_entries.RESTORED] + [scrub_entries.QUEUED] * (FILES - 1),
+            [e.state for e in entries])
         self.assertEqual(base.OLD_MTIME_NS,
                          os.lstat(entries[0].path).st_mtime_ns)
         self.assert_consistent(scrub_queue)
@@ -209,6 +205,6 @@ class CrashTestCase(base.ScrubTestCase):
         self.run_child('quarantine', 'quarantine-renamed')
         scrub_queue = self.restart()
         before = scrub_queue.entries()
-        self.assertEqual(queue.ReconcileResult(),
+        self.assertEqual(reconcile.ReconcileResult(),
                          scrub_queue.reconcile(base.NOW + 1))
         self.assertEqual(before, scrub_queue.entries())

@@ -21,7 +21,7 @@ import gc
 import os
 import sys
 
-from cachekeeper.scrub import queue
+from cachekeeper.scrub import entries as scrub_entries
 from tests.functional.scrub import base
 
 CYCLES = 10000
@@ -89,4 +89,4 @@ class LongRunTestCase(base.ScrubTestCase):
         # between two files), and once.
         files = CYCLES // 10
         self.assertEqual(files, drained)
-        self.assertEqual({queue.DRAINED: files}, self.queue.counts())
+        self.assertEqual({scrub_entries.DRAINED: files}, self.queue.counts())

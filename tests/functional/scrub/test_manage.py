@@ -21,8 +21,8 @@ import sys
 
 import fixtures
 
-from cachekeeper.scrub import db
-from cachekeeper.scrub import queue
+from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import db
 from tests.functional.scrub import base
 
 MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
@@ -32,17 +32,7 @@ class ManageScrubTestCase(base.ScrubTestCase):
 
     def setUp(self):
         super().setUp()
-        self.config_file = os.path.join(self.root, 'cachekeeper.conf')
         self.write_config()
-
-    def write_config(self, **scrubber):
-        with open(self.config_file, 'w') as f:
-            f.write('[DEFAULT]\ninstances_path = %s\nstate_path = %s\n'
-                    'host = %s\n' % (self.instances_path, self.state_path,
-                                     base.HOST))
-            f.write('[scrubber]\n')
-            for name, value in scrubber.items():
-                f.write('%s = %s\n' % (name, value))
 
     def start(self, *args):
         return subprocess.Popen(
@@ -80,7 +70,7 @@ class ManageScrubTestCase(base.ScrubTestCase):
 
     def test_list_is_a_table(self):
         entries = self.queue_files(2)
-        self.set_entry(entries[1].id, state=queue.PARKED, attempts=5,
+        self.set_entry(entries[1].id, state=scrub_entries.PARKED, attempts=5,
                        last_error='cannot delete: EPERM')
         code, stdout, stderr = self.manage('list')
         self.assertEqual(0, code, stderr)
@@ -111,7 +101,7 @@ class ManageScrubTestCase(base.ScrubTestCase):
         self.assert_succeeds('The scrub queue is empty.\n', 'list')
         code, stdout, stderr = self.manage('list', '--all', '--json')
         [listed] = json.loads(stdout)['entries']
-        self.assertEqual((entry.id, queue.DRAINED),
+        self.assertEqual((entry.id, scrub_entries.DRAINED),
                          (listed['id'], listed['state']))
 
     def test_drain_ignores_the_delay(self):
@@ -120,7 +110,7 @@ class ManageScrubTestCase(base.ScrubTestCase):
         self.assertEqual(0, code, stderr)
         self.assertRegex(stdout, r'^Drained 3 entries, ')
         self.assertEqual([], self.quarantined_names())
-        self.assertEqual([queue.DRAINED] * 3, [
+        self.assertEqual([scrub_entries.DRAINED] * 3, [
             self.queue.entry(e.id).state for e in entries])
 
     def test_two_drains_at_once_drain_every_entry_exactly_once(self):
@@ -133,7 +123,7 @@ class ManageScrubTestCase(base.ScrubTestCase):
             self.assertEqual(0, process.returncode, stderr)
             drained += int(re.match(r'Drained (\d+) entries', stdout)[1])
         self.assertEqual(count, drained)
-        self.assertEqual({queue.DRAINED: count}, self.queue.counts())
+        self.assertEqual({scrub_entries.DRAINED: count}, self.queue.counts())
         self.assertEqual([], self.quarantined_names())
 
     def test_restore(self):
@@ -147,7 +137,8 @@ class ManageScrubTestCase(base.ScrubTestCase):
         self.make_file(entry.name, b'new')
         self.assert_fails(1, '^refusing to restore entry 1: .* exists again; '
                              'nothing changed$', 'restore', '1')
-        self.assertEqual(queue.QUEUED, self.queue.entry(entry.id).state)
+        self.assertEqual(scrub_entries.QUEUED,
+                         self.queue.entry(entry.id).state)
         self.assertTrue(os.path.exists(entry.quarantine_path))
 
     def test_restore_drained_entry_is_an_error(self):
@@ -168,11 +159,12 @@ class ManageScrubTestCase(base.ScrubTestCase):
     def test_retry(self):
         [entry] = self.queue_files(1)
         self.assert_fails(1, 'entry 1 is queued, not parked', 'retry', '1')
-        self.set_entry(entry.id, state=queue.PARKED, attempts=5)
+        self.set_entry(entry.id, state=scrub_entries.PARKED, attempts=5)
         self.assert_succeeds('Queued entry 1 again: %s\n' % entry.path,
                              'retry', '1')
         retried = self.queue.entry(entry.id)
-        self.assertEqual((queue.QUEUED, 0), (retried.state, retried.attempts))
+        self.assertEqual((scrub_entries.QUEUED,
+                         0), (retried.state, retried.attempts))
 
     def test_newer_database_is_a_configuration_error(self):
         connection = sqlite3.connect(os.path.join(self.state_path,

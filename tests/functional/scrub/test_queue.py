@@ -11,90 +11,19 @@
 # under the License.
 
 import os
-import stat
 import threading
-
-import fixtures
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
-from cachekeeper.scrub import db
+from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
+from cachekeeper.scrub import reconcile
 from tests.functional.scrub import base
 
 NOW = base.NOW
 HOUR = 3600
 DELAY = 1800
-
-
-def mode(path):
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-class QuarantineDirTestCase(base.ScrubTestCase):
-
-    def test_host_directory_is_created_private(self):
-        self.assertEqual(0o700, mode(self.quarantine_dir))
-        self.assertEqual(0o700, mode(self.host_dir()))
-
-    def test_host_directory_mode_is_repaired(self):
-        os.chmod(self.host_dir(), 0o755)
-        self.queue.check_quarantine_dir()
-        self.assertEqual(0o700, mode(self.host_dir()))
-
-    def test_other_file_system_is_refused(self):
-        other = self.useFixture(fixtures.TempDir(rootdir='/dev/shm')).path
-        if os.stat(other).st_dev == os.stat(self.cache_dir).st_dev:
-            self.skipTest('/dev/shm is on the file system of the test '
-                          'directory here')
-        scrub_queue = queue.ScrubQueue(
-            self.queue.state_db, self.instances_path, self.cache_dir,
-            os.path.join(other, 'quarantine'), base.HOST)
-        with self.assertRaisesRegex(db.StateError,
-                                    'is not on the file system of the image '
-                                    'cache'):
-            scrub_queue.check_quarantine_dir()
-        self.assertEqual([], os.listdir(other))
-
-    def test_symlinked_host_directory_is_refused(self):
-        elsewhere = os.path.join(self.root, 'elsewhere')
-        os.mkdir(elsewhere)
-        os.symlink(elsewhere, self.host_dir('host-b'))
-        scrub_queue = queue.ScrubQueue(
-            self.queue.state_db, self.instances_path, self.cache_dir,
-            self.quarantine_dir, 'host-b')
-        with self.assertRaisesRegex(db.StateError, 'is a symlink'):
-            scrub_queue.check_quarantine_dir()
-
-    def test_directory_holding_files_is_refused(self):
-        # An instance directory: a pass does not read the quarantine's.
-        instance = os.path.join(self.instances_path, 'instance')
-        os.mkdir(instance)
-        with open(os.path.join(instance, 'disk'), 'w'):
-            pass
-        for quarantine_dir, message in ((instance, 'holds disk'),
-                                        (self.instances_path,
-                                         'is instances_path')):
-            with self.subTest(quarantine_dir=quarantine_dir):
-                scrub_queue = queue.ScrubQueue(
-                    self.queue.state_db, self.instances_path,
-                    self.cache_dir, quarantine_dir, base.HOST)
-                with self.assertRaisesRegex(db.StateError, message):
-                    scrub_queue.check_quarantine_dir()
-                self.assertFalse(os.path.exists(
-                    os.path.join(quarantine_dir, base.HOST)))
-
-    def test_host_that_is_not_a_file_name_is_refused(self):
-        scrub_queue = queue.ScrubQueue(
-            self.queue.state_db, self.instances_path, self.cache_dir,
-            self.quarantine_dir, '../x')
-        with self.assertRaisesRegex(db.StateError, 'host'):
-            scrub_queue.check_quarantine_dir()
-
-    def test_missing_cache_directory_is_checked_against_instances(self):
-        os.rmdir(self.cache_dir)
-        self.queue.check_quarantine_dir()
 
 
 class QuarantineTestCase(base.ScrubTestCase):
@@ -109,9 +38,9 @@ class QuarantineTestCase(base.ScrubTestCase):
             self.assertEqual(b'data' * 1000, f.read())
         st = os.lstat(entry.quarantine_path)
         self.assertEqual(
-            (queue.QUEUED, base_file.name, base_file.path, facts.ORIGINAL,
-             st.st_ino, 4000, st.st_blocks * 512, base.OLD_MTIME_NS,
-             'unused for 10d', NOW, 0),
+            (scrub_entries.QUEUED, base_file.name, base_file.path,
+             facts.ORIGINAL, st.st_ino, 4000, st.st_blocks * 512,
+             base.OLD_MTIME_NS, 'unused for 10d', NOW, 0),
             (entry.state, entry.name, entry.path, entry.kind, entry.ino,
              entry.size, entry.allocated, entry.mtime_ns, entry.reason,
              entry.queued_at, entry.attempts))
@@ -132,7 +61,7 @@ class QuarantineTestCase(base.ScrubTestCase):
         # Made while the old one exists, so it cannot reuse its inode.
         replacement = self.make_file(base.image_name(2), b'new')
         os.rename(replacement.path, base_file.path)
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'replaced since the scan'):
             self.quarantine(base_file)
         self.assertEqual([base_file.name], self.cache_names())
@@ -147,7 +76,7 @@ class QuarantineTestCase(base.ScrubTestCase):
         self.assertEqual([base_file.name], self.cache_names())
         self.assertEqual([], self.quarantined_names())
         [entry] = self.queue.entries()
-        self.assertEqual(queue.ROLLED_BACK, entry.state)
+        self.assertEqual(scrub_entries.ROLLED_BACK, entry.state)
 
     def test_existing_quarantine_name_is_never_overwritten(self):
         base_file = self.make_file(base.image_name(1))
@@ -156,13 +85,13 @@ class QuarantineTestCase(base.ScrubTestCase):
         taken = os.path.join(self.host_dir(), '1-' + base_file.name)
         with open(taken, 'wb') as f:
             f.write(b'older quarantined file')
-        with self.assertRaisesRegex(queue.ScrubError, 'EEXIST'):
+        with self.assertRaisesRegex(scrub_entries.ScrubError, 'EEXIST'):
             self.quarantine(base_file)
         self.assertEqual([base_file.name], self.cache_names())
         with open(taken, 'rb') as f:
             self.assertEqual(b'older quarantined file', f.read())
         [entry] = self.queue.entries()
-        self.assertEqual(queue.ROLLED_BACK, entry.state)
+        self.assertEqual(scrub_entries.ROLLED_BACK, entry.state)
         self.assertIn('EEXIST', entry.last_error)
 
 
@@ -182,7 +111,7 @@ class DrainTestCase(base.ScrubTestCase):
                                                 result.bytes_reclaimed))
         self.assertFalse(os.path.exists(entry.quarantine_path))
         drained = self.queue.entry(entry.id)
-        self.assertEqual((queue.DRAINED, entry.allocated),
+        self.assertEqual((scrub_entries.DRAINED, entry.allocated),
                          (drained.state, drained.bytes_reclaimed))
 
     def test_queued_lists_only_what_waits(self):
@@ -202,7 +131,8 @@ class DrainTestCase(base.ScrubTestCase):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         result = self.queue.drain(NOW, 0, 3)
         self.assertEqual(1, result.drained)
-        self.assertEqual(queue.DRAINED, self.queue.entry(entry.id).state)
+        self.assertEqual(scrub_entries.DRAINED,
+                         self.queue.entry(entry.id).state)
 
     def test_ignore_delay_drains_everything_queued(self):
         for number in range(3):
@@ -242,7 +172,8 @@ class DrainTestCase(base.ScrubTestCase):
                                      result.parked))
         self.assertIn('EPERM', result.errors[0]['message'])
         failed = self.queue.entry(entry.id)
-        self.assertEqual((queue.QUEUED, 1), (failed.state, failed.attempts))
+        self.assertEqual((scrub_entries.QUEUED,
+                         1), (failed.state, failed.attempts))
         self.assertEqual(NOW + DELAY + queue.RETRY_BACKOFF_BASE,
                          failed.next_attempt_at)
         # Nothing happens before the backoff is over.
@@ -259,7 +190,8 @@ class DrainTestCase(base.ScrubTestCase):
         self.assertEqual((0, 1), (result.failed, result.parked))
         self.assertEqual(1, len(result.errors))
         parked = self.queue.entry(entry.id)
-        self.assertEqual((queue.PARKED, 3), (parked.state, parked.attempts))
+        self.assertEqual((scrub_entries.PARKED,
+                         3), (parked.state, parked.attempts))
         self.assertIn('EPERM', parked.last_error)
         self.assertTrue(os.path.exists(entry.quarantine_path))
         # Parked entries wait for an operator, even for scrub drain.
@@ -269,16 +201,18 @@ class DrainTestCase(base.ScrubTestCase):
                                       result.parked))
         self.make_mutable(entry.quarantine_path)
         retried = self.queue.retry(entry.id, NOW + 100 * DELAY)
-        self.assertEqual((queue.QUEUED, 0), (retried.state, retried.attempts))
+        self.assertEqual((scrub_entries.QUEUED,
+                         0), (retried.state, retried.attempts))
         result = self.queue.drain(NOW + 100 * DELAY, DELAY, 3)
         self.assertEqual((1, 0), (result.drained, result.parked))
 
     def test_retry_of_an_entry_that_is_not_parked_is_refused(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
-        with self.assertRaisesRegex(queue.ScrubError, 'is queued, not '
-                                                      'parked'):
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
+                                    'is queued, not parked'):
             self.queue.retry(entry.id, NOW)
-        with self.assertRaisesRegex(queue.ScrubError, 'no scrub queue entry'):
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
+                                    'no scrub queue entry'):
             self.queue.retry(entry.id + 1, NOW)
 
     def test_a_replaced_quarantine_file_is_parked_not_deleted(self):
@@ -308,13 +242,15 @@ class DrainTestCase(base.ScrubTestCase):
         os.unlink(entry.quarantine_path)
         result = self.drain(NOW, ignore_delay=True)
         self.assertEqual([], result.errors)
-        self.assertEqual(queue.DRAINED, self.queue.entry(entry.id).state)
+        self.assertEqual(scrub_entries.DRAINED,
+                         self.queue.entry(entry.id).state)
 
     def test_a_file_moved_back_by_hand_is_rolled_back(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         os.rename(entry.quarantine_path, entry.path)
         self.drain(NOW, ignore_delay=True)
-        self.assertEqual(queue.ROLLED_BACK, self.queue.entry(entry.id).state)
+        self.assertEqual(scrub_entries.ROLLED_BACK,
+                         self.queue.entry(entry.id).state)
         self.assertEqual([entry.name], self.cache_names())
 
     def test_stop_event_ends_the_drain_between_files(self):
@@ -329,9 +265,10 @@ class DrainTestCase(base.ScrubTestCase):
     def test_finished_entries_are_forgotten_after_the_retention(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         self.drain(NOW, ignore_delay=True)
-        self.drain(NOW + queue.HISTORY_RETENTION)
-        self.assertEqual(queue.DRAINED, self.queue.entry(entry.id).state)
-        self.drain(NOW + queue.HISTORY_RETENTION + 1)
+        self.drain(NOW + scrub_entries.HISTORY_RETENTION)
+        self.assertEqual(scrub_entries.DRAINED,
+                         self.queue.entry(entry.id).state)
+        self.drain(NOW + scrub_entries.HISTORY_RETENTION + 1)
         self.assertEqual([], self.queue.entries())
 
     def rescan(self, path):
@@ -347,7 +284,7 @@ class RestoreTestCase(base.ScrubTestCase):
         # Touched in quarantine; the restore brings back the recorded time.
         os.utime(entry.quarantine_path)
         restored = self.queue.restore(entry.id, NOW + HOUR)
-        self.assertEqual((queue.RESTORED, None),
+        self.assertEqual((scrub_entries.RESTORED, None),
                          (restored.state, restored.last_error))
         self.assertEqual([], self.quarantined_names())
         with open(base_file.path, 'rb') as f:
@@ -358,15 +295,16 @@ class RestoreTestCase(base.ScrubTestCase):
 
     def test_parked_entry_can_be_restored(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
-        self.set_entry(entry.id, state=queue.PARKED, last_error='EPERM')
-        self.assertEqual(queue.RESTORED,
+        self.set_entry(entry.id, state=scrub_entries.PARKED,
+                       last_error='EPERM')
+        self.assertEqual(scrub_entries.RESTORED,
                          self.queue.restore(entry.id, NOW).state)
         self.assertEqual([entry.name], self.cache_names())
 
     def test_refused_when_the_path_exists_again(self):
         entry = self.quarantine(self.make_file(base.image_name(1), b'old'))
         self.make_file(base.image_name(1), b'downloaded again')
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'exists again; nothing changed'):
             self.queue.restore(entry.id, NOW)
         self.assertEqual(entry, self.queue.entry(entry.id))
@@ -378,24 +316,25 @@ class RestoreTestCase(base.ScrubTestCase):
     def test_refused_when_a_symlink_took_the_path(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         os.symlink(os.path.join(self.root, 'target'), entry.path)
-        with self.assertRaisesRegex(queue.ScrubError, 'exists again'):
+        with self.assertRaisesRegex(scrub_entries.ScrubError, 'exists again'):
             self.queue.restore(entry.id, NOW)
         self.assertFalse(os.path.lexists(os.path.join(self.root, 'target')))
 
     def test_failed_rename_changes_nothing(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         self.make_immutable(self.cache_dir)
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'cannot restore entry 1: EPERM .*; '
                                     'nothing changed'):
             self.queue.restore(entry.id, NOW + HOUR)
-        self.assertEqual(queue.QUEUED, self.queue.entry(entry.id).state)
+        self.assertEqual(scrub_entries.QUEUED,
+                         self.queue.entry(entry.id).state)
         self.assertTrue(os.path.exists(entry.quarantine_path))
 
     def test_missing_cache_directory_is_a_clear_error(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         os.rmdir(self.cache_dir)
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'cannot restore entry 1: ENOENT .*; '
                                     'nothing changed'):
             self.queue.restore(entry.id, NOW)
@@ -404,27 +343,27 @@ class RestoreTestCase(base.ScrubTestCase):
     def test_drained_entry_cannot_be_restored(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         self.queue.drain(NOW, 0, 3)
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'was drained: .* is deleted'):
             self.queue.restore(entry.id, NOW)
 
     def test_restored_entry_cannot_be_restored_again(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
         self.queue.restore(entry.id, NOW)
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     'is restored: .* not in quarantine'):
             self.queue.restore(entry.id, NOW)
 
     def test_unknown_entry(self):
-        with self.assertRaisesRegex(queue.ScrubError,
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
                                     '^no scrub queue entry with ID 42$'):
             self.queue.restore(42, NOW)
 
     def test_entry_being_drained_is_refused(self):
         entry = self.quarantine(self.make_file(base.image_name(1)))
-        self.set_entry(entry.id, state=queue.DRAINING)
-        with self.assertRaisesRegex(queue.ScrubError, 'is draining right '
-                                                      'now'):
+        self.set_entry(entry.id, state=scrub_entries.DRAINING)
+        with self.assertRaisesRegex(scrub_entries.ScrubError,
+                                    'is draining right now'):
             self.queue.restore(entry.id, NOW)
 
     def test_path_outside_the_cache_is_refused(self):
@@ -439,11 +378,11 @@ class RestoreTestCase(base.ScrubTestCase):
                 ('linked/x', os.path.join(linked_dir, 'x'))]:
             with self.subTest(path=path):
                 self.set_entry(entry.id, name=name, path=path)
-                with self.assertRaisesRegex(queue.ScrubError,
+                with self.assertRaisesRegex(scrub_entries.ScrubError,
                                             'not a file directly in the '
                                             'image cache'):
                     self.queue.restore(entry.id, NOW)
-                self.assertEqual(queue.QUEUED,
+                self.assertEqual(scrub_entries.QUEUED,
                                  self.queue.entry(entry.id).state)
         self.assertFalse(os.path.exists(os.path.join(self.root, 'x')))
         self.assertTrue(os.path.exists(entry.quarantine_path))
@@ -466,70 +405,6 @@ class RestoreTestCase(base.ScrubTestCase):
         self.assertEqual([entry.name], self.cache_names())
 
 
-class ReconcileTestCase(base.ScrubTestCase):
-
-    def place_in_quarantine(self, quarantine_name, content=b'orphan'):
-        path = os.path.join(self.host_dir(), quarantine_name)
-        with open(path, 'wb') as f:
-            f.write(content)
-        return path
-
-    def test_file_without_entry_is_adopted_not_deleted(self):
-        name = base.image_name(1)
-        path = self.place_in_quarantine('7-' + name)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.adopted)
-        [entry] = self.queue.entries()
-        self.assertEqual(
-            (name, os.path.join(self.cache_dir, name), path, facts.ORIGINAL,
-             queue.QUEUED, NOW, os.lstat(path).st_ino),
-            (entry.name, entry.path, entry.quarantine_path, entry.kind,
-             entry.state, entry.queued_at, entry.ino))
-        self.assertTrue(os.path.exists(path))
-        # Adopted once only.
-        self.assertEqual(0, self.queue.reconcile(NOW).adopted)
-        self.assertEqual(1, len(self.queue.entries()))
-        # It waits for the scrub delay like any other entry.
-        self.assertEqual(0, self.queue.drain(NOW + DELAY - 1, DELAY,
-                                             3).drained)
-        # And it can be restored.
-        self.queue.restore(entry.id, NOW)
-        self.assertEqual([name], self.cache_names())
-
-    def test_adopted_file_without_entry_id_keeps_its_name(self):
-        self.place_in_quarantine('stray')
-        self.queue.reconcile(NOW)
-        [entry] = self.queue.entries()
-        self.assertEqual(('stray', facts.FOREIGN), (entry.name, entry.kind))
-
-    def test_non_files_in_quarantine_are_left_alone(self):
-        os.mkdir(os.path.join(self.host_dir(), 'a-directory'))
-        os.symlink('/etc/hostname', os.path.join(self.host_dir(), 'a-link'))
-        self.assertEqual(0, self.queue.reconcile(NOW).adopted)
-        self.assertEqual(['a-directory', 'a-link'], self.quarantined_names())
-
-    def test_entry_whose_file_is_back_in_the_cache_is_rolled_back(self):
-        entry = self.quarantine(self.make_file(base.image_name(1)))
-        os.rename(entry.quarantine_path, entry.path)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.rolled_back)
-        self.assertEqual(queue.ROLLED_BACK, self.queue.entry(entry.id).state)
-
-    def test_entry_whose_file_is_gone_is_drained(self):
-        entry = self.quarantine(self.make_file(base.image_name(1)))
-        os.unlink(entry.quarantine_path)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.drained)
-        self.assertEqual(queue.DRAINED, self.queue.entry(entry.id).state)
-
-    def test_consistent_queue_is_left_as_it_is(self):
-        entries = [self.quarantine(self.make_file(base.image_name(n)))
-                   for n in range(3)]
-        result = self.queue.reconcile(NOW + HOUR)
-        self.assertEqual(queue.ReconcileResult(), result)
-        self.assertEqual(entries, self.queue.entries())
-
-
 class HostsTestCase(base.ScrubTestCase):
     """Two hosts share instances_path; each has its own state database."""
 
@@ -543,9 +418,9 @@ class HostsTestCase(base.ScrubTestCase):
         mine = self.quarantine(self.make_file(base.image_name(1)))
         theirs = self.quarantine(self.make_file(base.image_name(2)),
                                  scrub_queue=self.other)
-        self.assertEqual(queue.ReconcileResult(),
+        self.assertEqual(reconcile.ReconcileResult(),
                          self.other.reconcile(NOW))
-        self.assertEqual(queue.ReconcileResult(),
+        self.assertEqual(reconcile.ReconcileResult(),
                          self.queue.reconcile(NOW))
         result = self.other.drain(NOW, 0, 3, ignore_delay=True)
         self.assertEqual(1, result.drained)

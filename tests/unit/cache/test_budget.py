@@ -18,6 +18,7 @@ from oslo_config import cfg
 
 from cachekeeper.cache import budget
 from cachekeeper.cache import facts
+from cachekeeper.cache import names
 from cachekeeper.cache import plan
 from cachekeeper.conf import image_cache
 
@@ -38,7 +39,7 @@ LIMITS = budget.Limits(max_cache_bytes=10 * MiB, high_percent=100,
 
 
 def sha1(label):
-    return plan.image_cache_name(label)
+    return names.image_cache_name(label)
 
 
 def base_file(name, age, mib=1, kind=facts.ORIGINAL, file_type='file'):

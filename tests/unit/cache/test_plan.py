@@ -15,6 +15,7 @@ import unittest
 from oslo_config import cfg
 
 from cachekeeper.cache import facts
+from cachekeeper.cache import names
 from cachekeeper.cache import plan
 from cachekeeper.conf import image_cache
 
@@ -22,8 +23,8 @@ NOW = 1800000000.0
 HOUR = 3600
 DAY = 86400
 
-IMAGE = plan.image_cache_name('11111111-1111-1111-1111-111111111111')
-OTHER = plan.image_cache_name('22222222-2222-2222-2222-222222222222')
+IMAGE = names.image_cache_name('11111111-1111-1111-1111-111111111111')
+OTHER = names.image_cache_name('22222222-2222-2222-2222-222222222222')
 
 POLICY = facts.Policy(remove_unused=True,
                       original_min_age=DAY,
@@ -543,7 +544,7 @@ class PolicyFromConfTestCase(unittest.TestCase):
                                group='image_cache')
         self.assertEqual(
             frozenset(['a9993e364706816aba3e25717850c26c9cd0d89d',
-                       plan.image_cache_name('image-2')]),
+                       names.image_cache_name('image-2')]),
             plan.policy_from_conf(self.conf).pinned_names)
 
 
@@ -573,17 +574,8 @@ class ResidueTestCase(unittest.TestCase):
         return plan.decide(base_file(name, facts.RESIDUE, age=age),
                            found or usage(), rules or self.RULES, NOW)
 
-    def test_download_target(self):
-        self.assertEqual(IMAGE, plan.download_target(IMAGE + '.part'))
-        self.assertEqual(IMAGE, plan.download_target(IMAGE + '.converted'))
-        self.assertEqual(IMAGE + '.part',
-                         plan.download_target(IMAGE + '.part.part'))
-        for name in ('.part', IMAGE + '.tmp', IMAGE, 'disk.info.tmp'):
-            with self.subTest(name=name):
-                self.assertIsNone(plan.download_target(name))
-
     def test_stale_download_residue_is_removable(self):
-        for suffix in plan.DOWNLOAD_SUFFIXES:
+        for suffix in names.DOWNLOAD_SUFFIXES:
             with self.subTest(suffix=suffix):
                 decision = self.decide(IMAGE + suffix, 2 * DAY)
                 self.assertEqual(

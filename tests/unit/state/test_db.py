@@ -17,7 +17,7 @@ import unittest
 
 import fixtures
 
-from cachekeeper.scrub import db
+from cachekeeper.state import db
 
 NOBODY = 65534
 
@@ -109,7 +109,7 @@ class OpenStateTestCase(fixtures.TestWithFixtures, unittest.TestCase):
             ('ALTER TABLE ledger ADD COLUMN note TEXT',
              "UPDATE ledger SET note = 'migrated'"),)
         self.useFixture(fixtures.MonkeyPatch(
-            'cachekeeper.scrub.db.MIGRATIONS', newer))
+            'cachekeeper.state.db.MIGRATIONS', newer))
         state_db = self.open_state()
         self.assertEqual(len(newer),
                          state_db.query('PRAGMA user_version')[0][0])
@@ -123,7 +123,7 @@ class OpenStateTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.open_state().close()
         version = db.schema_version()
         self.useFixture(fixtures.MonkeyPatch(
-            'cachekeeper.scrub.db.MIGRATIONS', db.MIGRATIONS + (
+            'cachekeeper.state.db.MIGRATIONS', db.MIGRATIONS + (
                 ('ALTER TABLE ledger ADD COLUMN note TEXT',
                  'THIS IS NOT SQL'),)))
         with self.assertRaises(db.StateError):

@@ -14,8 +14,8 @@ import unittest
 
 import fixtures
 
-from cachekeeper.scrub import db
-from cachekeeper.scrub import ledger
+from cachekeeper.state import db
+from cachekeeper.state import ledger
 
 Entry = ledger.LedgerEntry
 
