@@ -61,16 +61,27 @@ with open('/proc/self/status') as f:
 '''
 
 
+ENV = dict(os.environ, EVENTLET_NO_GREENDNS='yes', PYTHONWARNINGS='ignore')
+
+
+def rss_mb(code, python=sys.executable):
+    """The resident memory (MB) of a new interpreter once it ran ``code``."""
+    return float(subprocess.run(
+        [python, '-c', code + REPORT], env=ENV, check=True,
+        capture_output=True, text=True).stdout)
+
+
+def floor_rss_mb(python=sys.executable):
+    """The daemon's import floor: every layer, in one interpreter."""
+    return rss_mb(''.join(layer for _title, layer in LAYERS), python)
+
+
 def main():
-    env = dict(os.environ, EVENTLET_NO_GREENDNS='yes',
-               PYTHONWARNINGS='ignore')
     code = ''
     previous = None
     for title, layer in LAYERS:
         code += layer
-        rss = float(subprocess.run(
-            [sys.executable, '-c', code + REPORT], env=env, check=True,
-            capture_output=True, text=True).stdout)
+        rss = rss_mb(code)
         added = '' if previous is None else '(+%.1f)' % (rss - previous)
         print('%-52s %6.1f MB %s' % (title, rss, added))
         previous = rss
