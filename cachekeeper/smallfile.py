@@ -71,6 +71,10 @@ def replace_json(path, document, temporary_prefix):
         os.close(dir_fd)
 
 
+# Each read of a file that grows after its stat reads at least this much.
+_MIN_READ = 4096
+
+
 def read(path, max_bytes):
     """Return the content of the small regular file ``path``, as bytes.
 
@@ -81,10 +85,22 @@ def read(path, max_bytes):
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError('not a regular file')
-        with open(fd, 'rb', closefd=False) as f:
-            data = f.read(max_bytes + 1)
+        # Reads of the size the file has (and a byte more, to see it grew),
+        # not of max_bytes: a buffer of max_bytes for each of thousands of
+        # files of a few KiB costs more than reading them.
+        chunks = []
+        remaining = max_bytes + 1
+        size = max(st.st_size + 1, _MIN_READ)
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b''.join(chunks)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
