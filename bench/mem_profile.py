@@ -207,15 +207,16 @@ def setup(config_file, coordinated=True):
     config.parse_args([sys.argv[0], '--config-file', config_file])
     concurrency.init_backend(conf.service_backend)
     logging.setup(conf, 'mem_profile')
-    from cachekeeper.cache import manager
+    from cachekeeper.conf import paths
     from cachekeeper import coordination
+    from cachekeeper import manager
     from cachekeeper import service
 
     scrub_queue = service.open_scrub_queue()
     coordinator = None
     if coordinated:
         coordinator = coordination.Coordinator.from_conf(
-            conf, manager.cache_dir(conf))
+            conf, paths.cache_dir(conf))
         coordinator.start()
         coordinator.wait_for_first_beat()
     return manager.CacheManager(conf, scrub_queue, coordinator)

@@ -172,8 +172,8 @@ def child(config_file, passes, record):
     """Run dry runs as the daemon does (one CacheManager); print JSON."""
     from oslo_log import log as logging
 
-    from cachekeeper.cache import manager
     from cachekeeper import config
+    from cachekeeper import manager
     from cachekeeper.scrub import queue
 
     conf = config.CONF

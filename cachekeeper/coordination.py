@@ -51,7 +51,6 @@ The leader writes ``$instances_path/locks/cachekeeper-leader-<id>.json``
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
@@ -220,33 +219,6 @@ def status(conf, cache_dir, now):
                           if shared_with else None),
         'registry': storage.to_dict(now),
     }
-
-
-def status_rows(document):
-    """(title, text) rows of ``cache status`` for ``document`` (status)."""
-    leader = document['leader']
-    if leader is None:
-        leader_text = 'none recorded'
-    else:
-        since = datetime.datetime.fromtimestamp(
-            leader['since'], datetime.timezone.utc).isoformat(
-                timespec='seconds')
-        leader_text = '%s (pid %d) since %s' % (leader['host'],
-                                                leader['pid'], since)
-    storage = document['registry']
-    if storage['problem'] is not None:
-        hosts_text = 'unreadable'
-    elif not storage['hosts']:
-        hosts_text = 'no host registered'
-    else:
-        hosts_text = ', '.join(
-            '%s (%ds ago%s)' % (host, entry['age_s'],
-                                ', stale' if entry['stale'] else '')
-            for host, entry in storage['hosts'].items())
-    return [('Coordination', '%s (lock %s)' % (document['backend'],
-                                                document['lock'])),
-            ('Leader', leader_text),
-            ('Registry', '%s: %s' % (storage['path'], hosts_text))]
 
 
 def status_warnings(document):

@@ -16,9 +16,13 @@ File names come from whoever can write instances_path: a newline in one
 would forge a log line, an escape sequence would drive the terminal that
 shows it, and a byte that is not UTF-8 cannot be written to a UTF-8
 stream. Such characters are shown escaped, as Python writes them.
+
+The escaping has a module of its own, apart from the formatting helpers of
+fmt: it is a guard of every log line and every line cachekeeper-manage
+prints (escape_log_messages installs it into logging), not a way to write
+a value.
 """
 
-import errno
 import logging
 import re
 
@@ -41,13 +45,6 @@ def escape(text):
     it is escaped: a newline as \\n, ESC as \\x1b, a byte that is not
     UTF-8 as \\xNN."""
     return _UNSAFE.sub(_escaped, text)
-
-
-def errno_text(exc):
-    """An OSError as its errno name and message: EACCES (Permission
-    denied)."""
-    name = errno.errorcode.get(exc.errno, 'errno %s' % exc.errno)
-    return '%s (%s)' % (name, exc.strerror)
 
 
 def escape_log_messages():

@@ -17,9 +17,8 @@ import dataclasses
 import json
 import os
 
-from oslo_utils import units
-
 from cachekeeper.cache import facts
+from cachekeeper import fmt
 from cachekeeper import smallfile
 
 REPORT_FILE = 'last_pass.json'
@@ -103,15 +102,15 @@ class PassReport:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def summary_line(self):
-        """The one INFO line a pass logs."""
+        """The one INFO line a pass logs (and ``cache pass`` ends with)."""
         counts = ' '.join('%s=%d' % item for item in self.summary.items())
         return ('%sPass %s in %.2fs: %d files (%s); %s queued for removal, '
                 '%s reclaimed on disk; %d parked; %d errors' % (
                     'Dry-run ' if self.dry_run else '',
                     'interrupted' if self.interrupted else 'done',
                     self.duration_s, len(self.files), counts,
-                    _size(self.bytes_queued),
-                    _size(self.bytes_reclaimed), self.parked,
+                    fmt.mib(self.bytes_queued),
+                    fmt.mib(self.bytes_reclaimed), self.parked,
                     len(self.errors))) + self._budget_text()
 
     def _budget_text(self):
@@ -122,21 +121,21 @@ class PassReport:
         over = []
         if budget['over_size']:
             over.append('cache %s > %s max' % (
-                _size(budget['cache_bytes_before']),
-                _size(budget['max_cache_bytes'])))
+                fmt.mib(budget['cache_bytes_before']),
+                fmt.mib(budget['max_cache_bytes'])))
         if budget['over_watermark']:
             over.append('filesystem %.1f%% > %d%% high watermark' % (
                 budget['filesystem_percent_before'],
                 budget['high_watermark_percent']))
         text = '; over budget (%s): %s %d files (%s)' % (
             ', '.join(over), 'would evict' if self.dry_run else 'evicted',
-            budget['evicted_files'], _size(budget['evicted_bytes']))
+            budget['evicted_files'], fmt.mib(budget['evicted_bytes']))
         if budget['expedited_entries']:
             text += ', %d queued files deleted early' % (
                 budget['expedited_entries'])
         if self.dry_run:
             return text
-        now = ['cache %s' % _size(budget['cache_bytes_after'])]
+        now = ['cache %s' % fmt.mib(budget['cache_bytes_after'])]
         if budget['filesystem_percent_after'] is not None:
             now.append('filesystem %.1f%%'
                        % budget['filesystem_percent_after'])
@@ -148,10 +147,6 @@ class PassReport:
 RESULT_DONE = 'done'
 RESULT_ERRORS = 'done with errors'
 RESULT_INTERRUPTED = 'interrupted'
-
-
-def _size(nbytes):
-    return '%.1f MiB' % (nbytes / units.Mi)
 
 
 def read(state_path):

@@ -20,9 +20,10 @@ from oslo_log import log as logging
 from oslo_service import service
 from oslo_utils import units
 
-from cachekeeper.cache import manager
 import cachekeeper.conf
+from cachekeeper.conf import paths
 from cachekeeper import coordination
+from cachekeeper import manager
 from cachekeeper.scrub import queue
 
 CONF = cachekeeper.conf.CONF
@@ -104,7 +105,7 @@ class CacheKeeperService(service.Service):
         self._loop_done = threading.Event()
         self._scrub_queue = open_scrub_queue()
         self._coordinator = coordination.Coordinator.from_conf(
-            CONF, manager.cache_dir(CONF),
+            CONF, paths.cache_dir(CONF),
             wants_leadership=self._wants_leadership)
         self._coordinator.start()
         self._manager = manager.CacheManager(CONF, self._scrub_queue,

@@ -19,23 +19,18 @@ from its document, so they cannot disagree. Its keys are a stable
 contract: new keys may be added, none renamed or removed.
 """
 
-import configparser
-import datetime
-import glob
 import os
 import time
 
 from cachekeeper.cache import budget
 from cachekeeper.cache import facts
-from cachekeeper.cache import plan
 from cachekeeper.cache import scan
 from cachekeeper import coordination
+from cachekeeper import fmt
 from cachekeeper import report
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.state import totals
 
-# nova's [image_cache] manager_interval when nova.conf does not set it.
-NOVA_DEFAULT_MANAGER_INTERVAL = 2400
 # A last pass older than this many intervals means passes stopped.
 OVERDUE_INTERVALS = 2
 
@@ -181,8 +176,8 @@ def _warnings(document, limits, filesystem, conf, now):
             limits.max_cache_bytes):
         warnings.append('the image cache allocates %s, more than its '
                         '[image_cache] max_cache_size_mb of %s' % (
-                            budget.size_text(cache['allocated_bytes']),
-                            budget.size_text(limits.max_cache_bytes)))
+                            fmt.size(cache['allocated_bytes']),
+                            fmt.size(limits.max_cache_bytes)))
     if document['filesystem'] and document['filesystem'][
             'over_high_watermark']:
         warnings.append('the filesystem of the image cache is %.1f%% full, '
@@ -211,81 +206,10 @@ def _warnings(document, limits, filesystem, conf, now):
             and now - finished > OVERDUE_INTERVALS * interval):
         warnings.append('the last pass finished %s ago, more than %d '
                         'intervals of %s: is the daemon running?' % (
-                            plan.format_duration(now - finished),
+                            fmt.duration(now - finished),
                             OVERDUE_INTERVALS,
-                            plan.format_duration(interval)))
+                            fmt.duration(interval)))
     return warnings
-
-
-def nova_manager_interval(config_files):
-    """Find nova's own ``[image_cache] manager_interval``.
-
-    nova's option has the same group and name as cachekeeper's, so when
-    nova.conf is passed before cachekeeper.conf, oslo.config gives
-    cachekeeper's value. Each file given that looks like nova's (named
-    ``nova*.conf``, or setting ``[DEFAULT] compute_driver``) is read on its
-    own; the last one that sets the option wins, as in nova. Returns None
-    when no file looks like nova's, else a dict: the nova config files,
-    the interval (nova's default when none sets it), the file it comes
-    from (None for the default) and ``error`` for a file that cannot be
-    read or a value that is not a number.
-    """
-    found = None
-    for path in config_files:
-        parser = configparser.ConfigParser(interpolation=None, strict=False,
-                                           allow_no_value=True)
-        try:
-            with open(path) as f:
-                parser.read_file(f)
-        except (OSError, configparser.Error) as e:
-            if _named_like_nova(path):
-                found = found or _nova_document()
-                found['config_files'].append(path)
-                found['error'] = 'cannot read %s: %s' % (path, e)
-            continue
-        if not (_named_like_nova(path)
-                or parser.has_option('DEFAULT', 'compute_driver')):
-            continue
-        found = found or _nova_document()
-        found['config_files'].append(path)
-        value = _interval_setting(parser)
-        if value is None:
-            continue
-        try:
-            found['manager_interval'] = int(value)
-        except ValueError:
-            found['error'] = ('%s: [image_cache] manager_interval is not a '
-                              'number: %r' % (path, value))
-            continue
-        found['source'] = path
-    return found
-
-
-def config_files(conf):
-    """The config files oslo.config read, in order (directories sorted)."""
-    files = list(conf.config_file or ())
-    for directory in conf.config_dir or ():
-        files.extend(sorted(glob.glob(os.path.join(directory, '*.conf'))))
-    return files
-
-
-def _nova_document():
-    return {'config_files': [], 'manager_interval':
-            NOVA_DEFAULT_MANAGER_INTERVAL, 'source': None, 'error': None}
-
-
-def _named_like_nova(path):
-    name = os.path.basename(path)
-    return name.startswith('nova') and name.endswith('.conf')
-
-
-def _interval_setting(parser):
-    if parser.has_option('image_cache', 'manager_interval'):
-        return parser.get('image_cache', 'manager_interval')
-    # nova's deprecated name for it.
-    if parser.has_option('DEFAULT', 'image_cache_manager_interval'):
-        return parser.get('DEFAULT', 'image_cache_manager_interval')
-    return None
 
 
 def orphans_document(found=None, error=None):
@@ -307,7 +231,7 @@ def orphans_document(found=None, error=None):
 def add_host_checks(document, nova, orphans):
     """Add nova's manager_interval and the orphans, with their warnings.
 
-    ``nova`` comes from nova_manager_interval, ``orphans`` from
+    ``nova`` comes from novaconf.manager_interval, ``orphans`` from
     orphans_document.
     """
     document['nova'] = nova
@@ -341,129 +265,3 @@ def nova_warning(nova):
     return ("nova's own image cache manager also runs, every %d s (%s): set "
             "[image_cache] manager_interval = -1 in nova.conf so that only "
             "cachekeeper ages the cache" % (nova['manager_interval'], where))
-
-
-def render(document):
-    """The status document as compact lines for a terminal."""
-    cache = document['cache']
-    bound = ('max %s' % budget.size_text(cache['max_bytes'])
-             if cache['max_bytes'] else 'no size bound')
-    lines = [_row('Image cache', '%s: %d files, %s apparent, %s allocated '
-                  '(%s)' % (cache['path'], cache['files'],
-                            budget.size_text(cache['apparent_bytes']),
-                            budget.size_text(cache['allocated_bytes']),
-                            bound))]
-    filesystem = document['filesystem']
-    if filesystem is None:
-        lines.append(_row('Filesystem', 'unknown (statvfs failed)'))
-    else:
-        lines.append(_row('Filesystem', '%.1f%% used, %s of %s (high '
-                          'watermark %d%%, low %d%%)' % (
-                              filesystem['used_percent'],
-                              budget.size_text(filesystem['used_bytes']),
-                              budget.size_text(filesystem['size_bytes']),
-                              filesystem['high_watermark_percent'],
-                              filesystem['low_watermark_percent'])))
-    lines.extend(_last_pass_lines(document['last_pass']))
-    entries = document['queue']['entries']
-    quarantined = document['queue']['quarantined_bytes']
-    lines.append(_row('Scrub queue', '%d queued, %d parked (%s in '
-                      'quarantine); %d drained, %d restored' % (
-                          entries[scrub_entries.QUEUED],
-                          entries[scrub_entries.PARKED],
-                          budget.size_text(quarantined),
-                          entries[scrub_entries.DRAINED],
-                          entries[scrub_entries.RESTORED])))
-    running = document['totals']
-    lines.append(_row('Totals', '%s reclaimed, %d errors, %d files came '
-                      'back within %s of their removal' % (
-                          budget.size_text(running['reclaimed_bytes']),
-                          running['errors'], running['comebacks'],
-                          plan.format_duration(
-                              document['thrash_window_seconds']))))
-    lines.extend(_row(title, text) for title, text in
-                 coordination.status_rows(document['coordination']))
-    if 'nova' in document:
-        lines.append(_row('nova.conf', _nova_text(document['nova'])))
-    if 'orphans' in document:
-        lines.append(_row('Orphans', _orphans_text(document['orphans'])))
-    if document['last_pass'] is not None:
-        lines.append('')
-        lines.extend(_files_table(document['last_pass']))
-    if document['warnings']:
-        lines.append('')
-        lines.append('Warnings:')
-        lines.extend('  - %s' % warning for warning in document['warnings'])
-    return lines
-
-
-def _row(title, text):
-    return '%-13s%s' % (title, text)
-
-
-def _last_pass_lines(last_pass):
-    if last_pass is None:
-        return [_row('Last pass', 'none yet')]
-    started = last_pass['started_at']
-    when = ('at an unknown time' if started is None
-            else datetime.datetime.fromtimestamp(
-                started, datetime.timezone.utc).isoformat(timespec='seconds'))
-    lines = [_row('Last pass', '%s, %.2f s, %s' % (
-        when, last_pass['duration_s'] or 0, last_pass['result'] or 'done'))]
-    lines.append(_row('', '%s queued for removal, %s reclaimed, %d errors, '
-                      '%d came back' % (
-                          budget.size_text(last_pass['bytes_queued'] or 0),
-                          budget.size_text(last_pass['bytes_reclaimed'] or 0),
-                          last_pass['errors'], last_pass['comebacks'])))
-    budget_report = last_pass['budget']
-    if budget_report and (budget_report['over_size']
-                          or budget_report['over_watermark']):
-        lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
-            budget_report['evicted_files'],
-            budget.size_text(budget_report['evicted_bytes']),
-            'within budget after it' if budget_report['within']
-            else 'still over budget after it')))
-    return lines
-
-
-def _files_table(last_pass):
-    verdicts = [v for v in facts.VERDICTS if v in last_pass['verdicts']]
-    rows = [['KIND', 'FILES', 'SIZE'] + verdicts]
-    for kind in facts.KINDS:
-        counted = last_pass['kinds'].get(kind)
-        if counted is None:
-            continue
-        by_verdict = last_pass['files'][kind]
-        rows.append([kind, str(counted['files']),
-                     budget.size_text(counted['bytes'])]
-                    + [str(by_verdict.get(v, {}).get('files', 0))
-                       for v in verdicts])
-    widths = [max(len(row[column]) for row in rows)
-              for column in range(len(rows[0]))]
-    return ['  '.join(cell.rjust(width) if column else cell.ljust(width)
-                      for column, (cell, width)
-                      in enumerate(zip(row, widths))).rstrip()
-            for row in rows]
-
-
-def _nova_text(nova):
-    if nova is None:
-        return ('not given: pass nova.conf with --config-file to check '
-                "nova's manager_interval")
-    if nova['error']:
-        return nova['error']
-    where = nova['source'] or "nova's default"
-    state = ('disabled' if nova['manager_interval'] == -1
-             else "nova's image cache manager runs too")
-    return 'manager_interval = %d (%s): %s' % (nova['manager_interval'],
-                                               where, state)
-
-
-def _orphans_text(orphans):
-    if orphans is None:
-        return 'not checked: [inventory] libvirt_uri is not set'
-    if orphans['error']:
-        return 'cannot ask libvirt: %s' % orphans['error']
-    return ('%d instance directories without a domain, %d disks of '
-            'domains missing' % (len(orphans['directories']),
-                                 len(orphans['missing_disks'])))

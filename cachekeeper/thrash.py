@@ -32,6 +32,7 @@ import dataclasses
 from cachekeeper.cache import budget
 from cachekeeper.cache import facts
 from cachekeeper.cache import plan
+from cachekeeper import fmt
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.state import totals
 
@@ -80,7 +81,7 @@ class Comeback:
                 '(%s; scrub queue entry %d): it was made again for nothing; '
                 'consider %s' % (
                     self.path,
-                    plan.format_duration(self.came_back_at - self.removed_at),
+                    fmt.duration(self.came_back_at - self.removed_at),
                     self.reason, self.entry_id, self.advice()))
 
 

@@ -9,3 +9,13 @@
 # WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
 # License for the specific language governing permissions and limitations
 # under the License.
+
+"""The library of one pass over the image cache: scan, inventory, plan,
+execute.
+
+It imports nothing above it: only the state database (cachekeeper.state),
+the options (cachekeeper.conf) and the small helpers (setup.cfg's
+[importlinter] contracts hold this). What a pass does with the scrub queue,
+Glance or other hosts is the manager's (cachekeeper.manager); execute is
+given the quarantine step. plan, budget and facts are pure.
+"""

@@ -38,7 +38,7 @@ import dataclasses
 from oslo_utils import units
 
 from cachekeeper.cache import facts
-from cachekeeper.cache import plan
+from cachekeeper import fmt
 
 OVER_BUDGET = 'over budget'
 
@@ -148,8 +148,8 @@ class Outcome:
         parts = []
         if self.over_size:
             parts.append('cache %s > %s max' % (
-                size_text(self.cache_bytes),
-                size_text(self.limits.max_cache_bytes)))
+                fmt.size(self.cache_bytes),
+                fmt.size(self.limits.max_cache_bytes)))
         if self.over_watermark:
             parts.append('filesystem %.1f%% > %d%% high watermark' % (
                 self.filesystem.percent, self.limits.high_percent))
@@ -159,7 +159,7 @@ class Outcome:
         """The warning for a budget that cannot be met, or None."""
         if not self.shortfall:
             return None
-        held = ', '.join('%s %s' % (size_text(nbytes), reason)
+        held = ', '.join('%s %s' % (fmt.size(nbytes), reason)
                          for reason, nbytes in self.held.items() if nbytes)
         advice = []
         if self.over_size:
@@ -169,15 +169,8 @@ class Outcome:
         return ('The image cache cannot get within its budget (%s): %s more '
                 'would have to go, but what is left is %s; files in use and '
                 'pinned files are never evicted: %s' % (
-                    self.over_text(), size_text(self.shortfall),
+                    self.over_text(), fmt.size(self.shortfall),
                     held or 'nothing', ' or '.join(advice)))
-
-
-def size_text(nbytes):
-    """Render a number of bytes in MiB, or GiB from 1 GiB on."""
-    if nbytes >= units.Gi:
-        return '%.1f GiB' % (nbytes / units.Gi)
-    return '%.1f MiB' % (nbytes / units.Mi)
 
 
 def last_use(base_file, last_used):
@@ -281,7 +274,7 @@ def apply(decisions, usage, last_used, limits, filesystem, waiting, now):
             drain_now=True,
             reason='%s (%s): last used %s ago, evicted least recently used '
                    'first' % (OVER_BUDGET, over,
-                              plan.format_duration(now - used)))
+                              fmt.duration(now - used)))
         evicted.append(d.base_file)
         freed.size += d.base_file.allocated
         freed.filesystem += d.base_file.allocated

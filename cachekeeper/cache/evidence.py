@@ -43,7 +43,8 @@ LOG = logging.getLogger(__name__)
 
 # A change made within the file system's timestamp granularity of the stat
 # that recheck compares against leaves the same times behind, so a
-# directory changed this recently is re-read.
+# directory changed this recently is re-read (and inspect_cache keeps no
+# answer about a file changed this recently).
 RACY_SECONDS = 2
 
 # What stat raises for a path that is not there (or is a dangling or

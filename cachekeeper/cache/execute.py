@@ -17,6 +17,10 @@ the plan rested on were checked again inside that lock: the file is still
 the one the scan saw, nobody touched it since, and no instance has started
 to use it. Any doubt keeps the file. One file's failure never ends the
 pass.
+
+A removal moves the file into the scrub queue through the ``quarantine``
+callable the caller gives (the manager's, over scrub.queue): this library
+knows the step only by the two exceptions below.
 """
 
 import contextlib
@@ -34,10 +38,7 @@ from cachekeeper.cache import locks
 from cachekeeper.cache import names
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
-from cachekeeper import printable
-from cachekeeper.scrub import entries as scrub_entries
-from cachekeeper.scrub import queue
-from cachekeeper.state import db
+from cachekeeper import fmt
 
 LOG = logging.getLogger(__name__)
 
@@ -52,6 +53,20 @@ YIELD_INTERVAL = 0.01
 # lock files.
 BATCH_WINDOW = 1024
 BATCH_LOCKS = 256
+
+
+class Retouched(Exception):
+    """Raised by ``quarantine``: the file was touched while being moved.
+
+    It is back in the cache, where the pass keeps it; not an error.
+    """
+
+
+class QuarantineFailed(Exception):
+    """Raised by ``quarantine``: the file could not be moved; one line.
+
+    It is still in the cache: an error of the pass.
+    """
 
 
 @dataclasses.dataclass
@@ -74,12 +89,17 @@ class ExecuteResult:
         self.errors.append({'path': path, 'message': message})
 
 
-def execute(decisions, inventory, instances_path, policy, scrub_queue,
+def execute(decisions, inventory, instances_path, policy, quarantine,
             now_fn=time.time, dry_run=False, stop_event=None,
             removal_hold=None):
     """Carry out ``decisions`` (from plan.plan) and return an ExecuteResult.
 
     ``inventory`` re-checks the references to a file inside its lock;
+    ``quarantine(base_file, reason, now, drain_at)`` takes a file out of
+    the cache, inside that lock and after the recheck, and returns the
+    disk space (allocated bytes) it moved; it raises Retouched or
+    QuarantineFailed when the file stays. ``drain_at`` is None, or ``now``
+    when the file should be deleted at once (the disk-space budget).
     ``stop_event`` (a threading.Event) ends the pass between two files,
     never between taking a lock and removing the file. ``removal_hold``,
     if given, is asked inside the lock just before each removal: it returns
@@ -88,7 +108,7 @@ def execute(decisions, inventory, instances_path, policy, scrub_queue,
     """
     result = ExecuteResult()
     executor = _Executor(result, inventory, instances_path, policy,
-                         scrub_queue, now_fn, dry_run, removal_hold)
+                         quarantine, now_fn, dry_run, removal_hold)
     yielded_at = time.monotonic()
     try:
         for index, decision in enumerate(decisions):
@@ -135,12 +155,12 @@ class _Executor:
     """Carries out the decision for one file and records its errors."""
 
     def __init__(self, result, inventory, instances_path, policy,
-                 scrub_queue, now_fn, dry_run, removal_hold=None):
+                 quarantine, now_fn, dry_run, removal_hold=None):
         self.result = result
         self.inventory = inventory
         self.instances_path = instances_path
         self.policy = policy
-        self.scrub_queue = scrub_queue
+        self.quarantine = quarantine
         self.now_fn = now_fn
         self.dry_run = dry_run
         self.removal_hold = removal_hold
@@ -244,7 +264,7 @@ class _Executor:
             os.utime(path, follow_symlinks=False)
         except OSError as exc:
             message = ('could not refresh the modification time of %s: %s'
-                       % (path, printable.errno_text(exc)))
+                       % (path, fmt.errno_text(exc)))
             self.result.add_error(path, message)
             return '%s; %s' % (reason, message)
         return reason
@@ -302,20 +322,20 @@ class _Executor:
         # The only way a pass takes a file out of the cache: into the
         # scrub queue, which deletes it later and can restore it until then.
         try:
-            entry = self.scrub_queue.quarantine(
+            moved = self.quarantine(
                 base_file, decision.reason, now,
-                drain_at=now if decision.drain_now else None)
-        except queue.TouchedMeanwhile as exc:
+                now if decision.drain_now else None)
+        except Retouched as exc:
             LOG.info('Kept image cache file %s: %s', base_file.path, exc)
             return facts.FileReport.from_decision(
                 decision, facts.KEPT, 're-touched while being removed')
-        except (scrub_entries.ScrubError, db.StateError) as exc:
+        except QuarantineFailed as exc:
             message = 'could not queue %s for removal: %s' % (
                 base_file.path, exc)
             self.result.add_error(base_file.path, message)
             return facts.FileReport.from_decision(decision, facts.ERROR,
                                                   message)
-        self.result.bytes_queued += entry.allocated
+        self.result.bytes_queued += moved
         return facts.FileReport.from_decision(decision, facts.QUEUED)
 
     def _held(self, decision):
@@ -346,8 +366,8 @@ class _Executor:
             return facts.KEPT, 're-touched since scan'
         if age < min_age:
             return facts.KEPT, 'unused for only %s of %s at re-check' % (
-                plan.format_duration(max(age, 0)),
-                plan.format_duration(min_age))
+                fmt.duration(max(age, 0)),
+                fmt.duration(min_age))
         references, doubts = self._recheck_references(base_file.name)
         if references:
             reason = plan.references_reason(references)

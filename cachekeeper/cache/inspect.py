@@ -60,9 +60,9 @@ from cachekeeper.cache import qcow2
 
 LOG = logging.getLogger(__name__)
 
-# [image_cache] inspect_method
+# [image_cache] inspect_method: AUTO, or inspect_cache.QEMU_IMG (the method
+# is named as the answers it finds are stored).
 AUTO = 'auto'
-QEMU_IMG = 'qemu-img'
 
 # Formats that cannot name a backing file: a disk in one of them ends its
 # chain and needs no qemu-img call. Names are both qemu's and the format
@@ -249,19 +249,42 @@ def _disk_stat(path):
     return st
 
 
+def _open_regular(path):
+    """Open ``path`` to read it; return (its fd, the stat of what is open).
+
+    The fd is None (nothing is left open) when it is not a regular file: a
+    FIFO is never waited on. Raises InspectError when it cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise InspectError(path, e.strerror or str(e))
+    try:
+        # The stat of what is read, not of what the path named before.
+        st = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise InspectError(path, e.strerror or str(e))
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None, st
+    return fd, st
+
+
 class Inspector:
     """Inspects disks: from the cache, the qcow2 header, or qemu-img.
 
     qemu-img runs under limits, one call or a bounded pool of them.
-    ``method`` is AUTO (read plain qcow2 headers) or QEMU_IMG (ask
-    qemu-img about every disk), ``cache`` an inspect_cache.InspectionCache
-    or None. The counters say how each disk was answered, and how each
-    format was detected: ``full_detections`` of the ``format_detections``
-    ran every inspector.
+    ``method`` is AUTO (read plain qcow2 headers) or inspect_cache.QEMU_IMG
+    (ask qemu-img about every disk), ``cache`` an
+    inspect_cache.InspectionCache or None. The counters say how each disk
+    was answered, and how each format was detected: ``full_detections`` of
+    the ``format_detections`` ran every inspector.
     """
 
     def __init__(self, cpu_time_limit=30, address_space_limit_gb=2,
-                 timeout=60, workers=4, method=QEMU_IMG, cache=None):
+                 timeout=60, workers=4, method=inspect_cache.QEMU_IMG,
+                 cache=None):
         self.cpu_time_limit = cpu_time_limit
         self.address_space_limit = address_space_limit_gb * units.Gi
         self.timeout = timeout
@@ -433,15 +456,10 @@ class Inspector:
         return None
 
     def _read_qcow2_header(self, path):
+        fd, st = _open_regular(path)
+        if fd is None:
+            return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            raise InspectError(path, e.strerror or str(e))
-        try:
-            # The stat of what is read, not of what the path named before.
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
             header = qcow2.read(fd)
         except qcow2.Unsupported as e:
             LOG.debug('qemu-img inspects %s: %s', path, e)
@@ -513,14 +531,10 @@ class Inspector:
         InspectError when the file cannot be read or the content matches
         more than one format.
         """
+        fd, st = _open_regular(path)
+        if fd is None:
+            raise InspectError(path, 'not a regular file')
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            raise InspectError(path, e.strerror or str(e))
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InspectError(path, 'not a regular file')
             if self.cache is not None:
                 fmt = self.cache.lookup_format(st, DETECTOR)
                 if fmt is not None:

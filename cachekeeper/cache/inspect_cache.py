@@ -27,9 +27,9 @@ A later pass that finds the same key uses the stored answer: it spawns no
 qemu-img and reads no disk.
 
 Only regular files are kept: writing to a block device changes none of its
-times. A file changed within RACY_SECONDS of the stat is not kept either:
-a second change within the file system's timestamp granularity would leave
-the same key behind (git calls such a file "racily clean").
+times. A file changed within evidence.RACY_SECONDS of the stat is not kept
+either: a second change within the file system's timestamp granularity
+would leave the same key behind (git calls such a file "racily clean").
 
 The cache is a help, never a source of truth: when the database cannot be
 read or written, passes go on without it.
@@ -41,6 +41,7 @@ import time
 
 from oslo_log import log as logging
 
+from cachekeeper.cache import evidence
 from cachekeeper.state import db
 from cachekeeper.state import inspections
 
@@ -50,8 +51,6 @@ LOG = logging.getLogger(__name__)
 # qemu-img's answers.
 QEMU_IMG = 'qemu-img'
 HEADER = 'header'
-
-RACY_SECONDS = 2
 
 
 def _key(st, rest):
@@ -117,7 +116,7 @@ class InspectionCache:
     def _put(self, table, st, rest, answer):
         if not stat.S_ISREG(st.st_mode):
             return
-        horizon = self._clock() - RACY_SECONDS * 10 ** 9
+        horizon = self._clock() - evidence.RACY_SECONDS * 10 ** 9
         if max(st.st_mtime_ns, st.st_ctime_ns) > horizon:
             return
         key = _key(st, rest)

@@ -18,14 +18,10 @@ with plain values and a pass can be explained after the fact.
 """
 
 import dataclasses
-import functools
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import names
-
-# (unit, its seconds, the next smaller unit, its seconds).
-_DURATION_UNITS = (('d', 86400, 'h', 3600), ('h', 3600, 'm', 60),
-                   ('m', 60, 's', 1))
+from cachekeeper import fmt
 
 DELETED_IN_GLANCE = 'image deleted in Glance'
 
@@ -50,25 +46,6 @@ def policy_from_conf(conf):
         deleted_image_min_age=(
             opts.remove_deleted_image_minimum_age_seconds),
         residue_min_age=opts.residue_minimum_age_seconds)
-
-
-def format_duration(seconds):
-    """Render a number of seconds as '2h', '1d 3h' or '45s'."""
-    return _format_whole_seconds(int(seconds))
-
-
-# Every pass renders two per cache file, one of them a minimum age: the
-# texts of the most recent are kept.
-@functools.lru_cache(maxsize=1024)
-def _format_whole_seconds(seconds):
-    for suffix, size, next_suffix, next_size in _DURATION_UNITS:
-        if seconds >= size:
-            whole, rest = divmod(seconds, size)
-            rest //= next_size
-            if rest:
-                return '%d%s %d%s' % (whole, suffix, rest, next_suffix)
-            return '%d%s' % (whole, suffix)
-    return '%ds' % seconds if seconds > 0 else '0s'
 
 
 def references_reason(references):
@@ -127,9 +104,9 @@ def _pinned_reason(name, kind, policy, catalog):
 def _too_young_reason(age, min_age):
     if age < 0:
         return ('unused, modification time %s in the future (minimum age '
-                '%s)' % (format_duration(-age), format_duration(min_age)))
-    return 'unused, %s of %s' % (format_duration(age),
-                                 format_duration(min_age))
+                '%s)' % (fmt.duration(-age), fmt.duration(min_age)))
+    return 'unused, %s of %s' % (fmt.duration(age),
+                                 fmt.duration(min_age))
 
 
 def decide(base_file, usage, policy, now, catalog=None):
@@ -187,7 +164,7 @@ def decide(base_file, usage, policy, now, catalog=None):
         return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
     return decision(facts.REMOVABLE,
                     prefix + 'unused for %s (minimum %s)' % (
-                        format_duration(age), format_duration(min_age)),
+                        fmt.duration(age), fmt.duration(min_age)),
                     min_age=min_age)
 
 
@@ -215,15 +192,15 @@ def _residue_decision(base_file, usage, policy, age, decision):
     if age < min_age:
         return decision(facts.KEPT, 'download residue written %s ago; '
                                     'removed once unmodified for %s' % (
-                                        format_duration(max(age, 0)),
-                                        format_duration(min_age)),
+                                        fmt.duration(max(age, 0)),
+                                        fmt.duration(min_age)),
                         min_age=min_age)
     doubts = usage.doubts_about(base_file.name)
     if doubts:
         return decision(facts.KEPT, doubts_reason(doubts), min_age=min_age)
     return decision(facts.REMOVABLE,
                     'download residue unmodified for %s (minimum %s)' % (
-                        format_duration(age), format_duration(min_age)),
+                        fmt.duration(age), fmt.duration(min_age)),
                     min_age=min_age)
 
 

@@ -33,7 +33,8 @@ from oslo_log import log as logging
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import names
-from cachekeeper.cache import plan
+from cachekeeper.conf import paths
+from cachekeeper import fmt
 
 LOG = logging.getLogger(__name__)
 
@@ -67,9 +68,7 @@ def places(conf, report_prefix, backend_dir=None):
     if backend_dir is not None:
         # Its lock files are made as nova's are.
         yield backend_dir, _prefix(locks.TEMPORARY_PREFIX)
-    yield (os.path.join(conf.instances_path,
-                        conf.image_cache.subdirectory_name),
-           _prefix(names.DIRECT_IO_PROBE_PREFIX))
+    yield paths.cache_dir(conf), _prefix(names.DIRECT_IO_PROBE_PREFIX)
     if conf.metrics_file:
         # prometheus_client's write_to_textfile: <file>.<pid>.<thread id>
         pattern = re.compile(re.escape(os.path.basename(conf.metrics_file))
@@ -113,7 +112,7 @@ def _remove_one(path, now, min_age, dry_run, leftovers):
         return
     reason = ('temporary file of cachekeeper left by an interrupted write, '
               'unmodified for %s (minimum %s)' % (
-                  plan.format_duration(age), plan.format_duration(min_age)))
+                  fmt.duration(age), fmt.duration(min_age)))
     if dry_run:
         reason = 'dry run: would remove: ' + reason
     else:

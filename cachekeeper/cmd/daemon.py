@@ -18,6 +18,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cachekeeper import concurrency
+from cachekeeper.conf import paths
 from cachekeeper import config
 from cachekeeper import printable
 from cachekeeper.scrub import quarantine
@@ -40,7 +41,7 @@ def main():
     CONF.register_mutate_hook(config.ReloadGuard(CONF))
     notifier = systemd.Notifier.from_environment()
     concurrency.init_backend(CONF.service_backend)
-    # A Glance outage is told once by cachekeeper.glance, not at every
+    # A Glance outage is told once by cachekeeper.glance.catalog, not at every
     # retry by keystoneauth.
     logging.set_defaults(default_log_levels=(
         logging.get_default_log_levels() + ['keystoneauth.session=ERROR']))
@@ -60,7 +61,7 @@ def main():
         return config.EXIT_CONFIG
     LOG.info('cachekeeper %s starting on the %s backend; image cache %s',
              version.version_string(), CONF.service_backend,
-             service.manager.cache_dir(CONF))
+             paths.cache_dir(CONF))
     launcher = oslo_service.launch(
         CONF, service.CacheKeeperService(notifier), workers=1,
         restart_method='mutate')

@@ -18,7 +18,6 @@ declared with @args. Exit status: 0 done, 1 done with errors, 2 bad
 configuration or usage.
 """
 
-import datetime
 import inspect
 import json
 import os
@@ -27,25 +26,26 @@ import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
-from oslo_utils import units
 
 from cachekeeper.cache import domains
-from cachekeeper.cache import facts
 from cachekeeper.cache import locks
-from cachekeeper.cache import manager
-from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
+from cachekeeper.cmd import render
+from cachekeeper.conf import paths
 from cachekeeper import config
 from cachekeeper import coordination
 from cachekeeper import demo
-from cachekeeper import glance
+from cachekeeper.glance import client as glance_client
+from cachekeeper.glance import downloads
+from cachekeeper import manager
+from cachekeeper import novaconf
 from cachekeeper import printable
-from cachekeeper import status
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import quarantine
 from cachekeeper.scrub import queue
 from cachekeeper.state import db
 from cachekeeper.state import ledger
+from cachekeeper import status
 
 CONF = config.CONF
 
@@ -102,7 +102,7 @@ def _coordinator():
     The pass starts it when it has decided what it would remove.
     """
     return coordination.Coordinator.from_conf(
-        CONF, manager.cache_dir(CONF),
+        CONF, paths.cache_dir(CONF),
         wants_leadership=lambda: CONF.image_cache.remove_unused_base_images)
 
 
@@ -133,9 +133,7 @@ class CacheCommands:
         if as_json:
             print(result.to_json())
         else:
-            for line in _file_table(result.files):
-                print(printable.escape(line))
-            print(result.summary_line())
+            _print_lines(render.pass_lines(result))
         return result.exit_code
 
     @args('--json', action='store_true', dest='as_json',
@@ -160,19 +158,19 @@ class CacheCommands:
             orphans = status.orphans_document(error=str(e))
         status.add_host_checks(
             document,
-            status.nova_manager_interval(status.config_files(CONF)),
+            novaconf.manager_interval(novaconf.config_files(CONF)),
             orphans)
         if as_json:
             print(json.dumps(document, indent=2, sort_keys=True))
         else:
-            print('\n'.join(map(printable.escape, status.render(document))))
+            _print_lines(render.status(document))
         return 0
 
     @args('path', metavar='PATH',
           help='A file of the image cache: its path, or its name.')
     def explain(self, path):
         """Show the verdict a pass would give one file, and why."""
-        cache_dir = manager.cache_dir(CONF)
+        cache_dir = paths.cache_dir(CONF)
         if os.sep not in path:
             path = os.path.join(cache_dir, path)
         path = os.path.abspath(path)
@@ -187,104 +185,38 @@ class CacheCommands:
     def _explain(scrub_queue, path):
         evaluation = manager.CacheManager(CONF, scrub_queue).evaluate()
         for decision in evaluation.decisions:
-            if decision.base_file.path == path:
-                print('\n'.join(map(printable.escape,
-                                    _explanation(decision, evaluation))))
-                print('\n'.join(_ledger_lines(
-                    ledger.lookup(scrub_queue.state_db,
-                                  decision.base_file.name))))
+            base_file = decision.base_file
+            if base_file.path == path:
+                _print_lines(render.explanation(
+                    decision, evaluation, _nova_lock(base_file.name),
+                    _qemu_lock(base_file),
+                    ledger.lookup(scrub_queue.state_db, base_file.name)))
                 return 0
         print('cachekeeper-manage: no entry %s in the image cache' % path,
               file=sys.stderr)
         return 1
 
 
-def _ledger_lines(entry):
-    def when(timestamp):
-        if timestamp is None:
-            return 'never seen'
-        return datetime.datetime.fromtimestamp(
-            timestamp, datetime.timezone.utc).isoformat(timespec='seconds')
-
-    entry = entry or ledger.LedgerEntry(name=None)
-    return ['first seen unused: %s' % when(entry.first_seen_unused),
-            'last seen in use:  %s' % when(entry.last_seen_in_use)]
+def _print_lines(lines):
+    """Print lines for a terminal, with what it must not show escaped."""
+    print('\n'.join(map(printable.escape, lines)))
 
 
-def _size(nbytes):
-    return '%.1f MiB' % (nbytes / units.Mi)
-
-
-def _file_table(files):
-    for entry in files:
-        yield '%-10s %-9s %10s %9s  %s  (%s)' % (
-            entry.verdict, entry.kind, plan.format_duration(entry.age_s),
-            _size(entry.size), entry.path, entry.reason)
-
-
-def _explanation(decision, evaluation):
-    base_file = decision.base_file
-    name = base_file.name
-    modified = datetime.datetime.fromtimestamp(
-        base_file.mtime, datetime.timezone.utc).isoformat(timespec='seconds')
-    verdict = decision.verdict
-    if verdict == facts.REMOVABLE:
-        verdict = 'removable (a pass would remove it)'
-    lines = [
-        'path:     %s' % base_file.path,
-        'kind:     %s (%s, %s, %s allocated)' % (
-            base_file.kind, base_file.file_type, _size(base_file.size),
-            _size(base_file.allocated)),
-        'verdict:  %s' % verdict,
-        'reason:   %s' % decision.reason,
-        'modified: %s, %s ago' % (modified,
-                                  plan.format_duration(max(decision.age, 0))),
-    ]
-    min_age = decision.min_age
-    if min_age is None:
-        min_age = evaluation.policy.min_age(base_file.kind)
-    if min_age is not None:
-        lines.append('minimum age when unused: %s'
-                     % plan.format_duration(min_age))
-    references = evaluation.usage.references_to(name)
-    lines.append('used by:  %s' % ('' if references else 'nothing found'))
-    for reference in references:
-        lines.append('  %s' % reference.reason)
-        if reference.chain:
-            lines.append('    chain: %s' % ' -> '.join(reference.chain))
-    doubts = evaluation.usage.doubts_about(name)
-    if doubts:
-        lines.append('unread, so removal is held back:')
-        lines.extend('  %s: %s (%s)' % (d.source, d.message, _doubt_scope(d))
-                     for d in doubts)
-    holder = locks.lock_holder(CONF.instances_path, name)
+def _nova_lock(name):
+    """(lock file, whether it exists, its locks.LockHolder or None)."""
     lock_path = locks.lock_file_path(CONF.instances_path, name)
-    if holder is None:
-        lock_state = 'not held' if os.path.exists(lock_path) else 'no file'
-    else:
-        lock_state = 'held by pid %d' % holder.pid
-    lines.append('lock:     %s (%s)' % (lock_path, lock_state))
-    lines.append('QEMU lock probe: %s' % _qemu_lock_state(base_file))
-    return lines
+    return (lock_path, os.path.exists(lock_path),
+            locks.lock_holder(CONF.instances_path, name))
 
 
-def _doubt_scope(doubt):
-    if doubt.names is None:
-        return 'holds back every file'
-    return 'holds back only the %d file(s) its directory uses' % len(
-        doubt.names)
-
-
-def _qemu_lock_state(base_file):
+def _qemu_lock(base_file):
+    """What qemu_locks.probe finds on a regular file, or the OSError."""
     if not base_file.is_regular:
-        return 'not probed (%s)' % base_file.file_type
+        return None
     try:
-        image_lock = qemu_locks.probe(base_file.path)
+        return qemu_locks.probe(base_file.path)
     except OSError as e:
-        return 'cannot probe: %s' % (e.strerror or e)
-    if image_lock is None:
-        return 'not open'
-    return '%s (%s)' % (image_lock.reason(), image_lock.meaning())
+        return e
 
 
 class PrecacheCommands:
@@ -294,18 +226,19 @@ class PrecacheCommands:
           help='The Glance id of an image to cache.')
     def __call__(self, image_ids):
         """Cache images now; an image cached already is only touched."""
-        if not glance.is_configured(CONF):
+        if not glance_client.is_configured(CONF):
             print('cachekeeper-manage: Glance is not configured: set '
                   '[glance] endpoint_override or [glance] auth_type',
                   file=sys.stderr)
             return config.EXIT_CONFIG
-        precacher = glance.Precacher.from_conf(CONF, glance.make_client(CONF))
+        precacher = downloads.Precacher.from_conf(
+            CONF, glance_client.make_client(CONF))
         failed = 0
         for image_id in image_ids:
             progress = _Progress(image_id) if sys.stderr.isatty() else None
             try:
                 result = precacher.precache(image_id, progress=progress)
-            except glance.PrecacheError as e:
+            except downloads.PrecacheError as e:
                 failed += 1
                 print('cachekeeper-manage: %s' % e, file=sys.stderr)
                 continue
@@ -339,9 +272,7 @@ class _Progress:
             return
         self.shown_at = now
         rate = done / max(now - self.started, 1e-3)
-        text = '%s: %s of %s (%d%%), %s/s' % (
-            self.image_id, _size(done), _size(total),
-            100 * done // max(total, 1), _size(rate))
+        text = render.download_progress(self.image_id, done, total, rate)
         self.width = max(self.width, len(text))
         self.stream.write('\r' + text.ljust(self.width))
         self.stream.flush()
@@ -371,7 +302,7 @@ class DemoCommands:
         except demo.DemoError as e:
             print('cachekeeper-manage: %s' % e, file=sys.stderr)
             return 1
-        print('\n'.join(demo.describe(summary)))
+        print('\n'.join(render.demo_host(summary)))
         return 0
 
 
@@ -412,20 +343,7 @@ class ScrubCommands:
             print(json.dumps({'entries': [e.to_dict() for e in entries]},
                              indent=2))
             return 0
-        if not entries:
-            print('The scrub queue is empty.')
-            return 0
-        rows = [('ID', 'PATH', 'KIND', 'SIZE', 'STATE', 'QUEUED AT',
-                 'ATTEMPTS', 'LAST ERROR')]
-        rows.extend((str(e.id), e.path, e.kind, _size(e.size), e.state,
-                     self._utc(e.queued_at), str(e.attempts),
-                     e.last_error or '')
-                    for e in entries)
-        widths = [max(len(row[column]) for row in rows)
-                  for column in range(len(rows[0]))]
-        for row in rows:
-            print('  '.join(cell.ljust(width)
-                            for cell, width in zip(row, widths)).rstrip())
+        print('\n'.join(render.scrub_list(entries)))
         return 0
 
     @staticmethod
@@ -433,10 +351,7 @@ class ScrubCommands:
         result = scrub_queue.drain(
             time.time(), CONF.scrubber.scrub_delay,
             CONF.scrubber.max_attempts, ignore_delay=True)
-        print('Drained %d entries, %s reclaimed; %d failed and will be '
-              'retried; %d parked.' % (
-                  result.drained, _size(result.bytes_reclaimed),
-                  result.failed, result.parked))
+        print(render.drained(result))
         for error in result.errors:
             print('cachekeeper-manage: %s' % error['message'],
                   file=sys.stderr)
@@ -445,7 +360,7 @@ class ScrubCommands:
     @staticmethod
     def _restore(scrub_queue, entry_id):
         entry = scrub_queue.restore(entry_id, time.time())
-        print('Restored entry %d: %s' % (entry.id, entry.path))
+        print(render.restored(entry))
         if entry.last_error:
             print('cachekeeper-manage: %s %s' % (entry.path,
                                                  entry.last_error),
@@ -456,13 +371,8 @@ class ScrubCommands:
     @staticmethod
     def _retry(scrub_queue, entry_id):
         entry = scrub_queue.retry(entry_id, time.time())
-        print('Queued entry %d again: %s' % (entry.id, entry.path))
+        print(render.queued_again(entry))
         return 0
-
-    @staticmethod
-    def _utc(timestamp):
-        return datetime.datetime.fromtimestamp(
-            timestamp, datetime.timezone.utc).isoformat(timespec='seconds')
 
 
 CATEGORIES = {

@@ -10,12 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""What Glance knows: which images exist, which are pinned; and precache.
-
-A pass asks ImageService.catalog() which images Glance still has and which
-carry the pin property, and afterwards lets ImageService.precache_pinned()
-download the pinned images missing from the cache. Glance is never needed
-for safety: when it cannot be reached, a pass goes on as without it.
+"""Precache: download a Glance image into the image cache, verified.
 
 Precacher.precache() writes a cache file exactly as nova's fetch_to_raw
 would: under nova's lock for the file, into ``<name>.part``, verified
@@ -32,36 +27,24 @@ import stat
 import tempfile
 import time
 
-from glanceclient import client as glance_client
 from glanceclient import exc as glance_exc
-from keystoneauth1 import exceptions as ks_exc
-from keystoneauth1 import loading as ks_loading
-from keystoneauth1.loading import adapter as ks_adapter_loading
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 from oslo_utils import units
 
-from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import locks
 from cachekeeper.cache import names
+from cachekeeper.conf import paths
+from cachekeeper import fmt
+from cachekeeper.glance import client as glance_client
 
 LOG = logging.getLogger(__name__)
-
-GROUP = 'glance'
-API_VERSION = '2'
-
-# Glance caps a page at its api_limit_max, 1000 by default.
-LIST_PAGE_SIZE = 1000
 
 # A download file nobody wrote to for this long belongs to a dead download.
 # A younger one may be nova's precache, which writes without nova's lock.
 STALE_DOWNLOAD_AGE = 600
-
-# A pass downloads at most this many missing pinned images, so that it ends
-# in reasonable time; the others follow in the next passes.
-MAX_PINNED_DOWNLOADS_PER_PASS = 2
 
 # Glance's disk_format -> the formats the downloaded data may be detected
 # as. A raw disk with a GPT partition table is still a raw image.
@@ -70,227 +53,9 @@ ACCEPTED_FORMATS = {
     'qcow2': ('qcow2',),
 }
 
-# What failures of Glance, or of the way to it, raise. requests'
-# exceptions, raised while a download streams, are OSErrors.
-SERVICE_ERRORS = (glance_exc.BaseException, glance_exc.ClientException,
-                  ks_exc.ClientException, OSError)
-
 
 class PrecacheError(Exception):
     """An image was not cached; the message says why in one line."""
-
-
-def is_configured(conf):
-    """Whether Glance is used at all: an endpoint or an auth is set."""
-    return bool(conf.glance.auth_type or conf.glance.endpoint_override)
-
-
-def make_client(conf):
-    """A glanceclient v2 Client from the [glance] keystoneauth options."""
-    auth = ks_loading.load_auth_from_conf_options(conf, GROUP)
-    session = ks_loading.load_session_from_conf_options(conf, GROUP,
-                                                        auth=auth)
-    adapter_options = {}
-    ks_adapter_loading.process_conf_options(conf[GROUP], adapter_options)
-    # The client speaks the v2 API, whatever version discovery would say.
-    for name in ('version', 'min_version', 'max_version'):
-        del adapter_options[name]
-    return glance_client.Client(API_VERSION, session=session,
-                                **adapter_options)
-
-
-def parse_pin_property(text):
-    """Return (key, value) from ``KEY=VALUE``, or None for an empty text.
-
-    Raises ValueError when the text is not of that form.
-    """
-    if not text:
-        return None
-    key, equals, value = text.partition('=')
-    if not equals or not key.strip():
-        raise ValueError('must be KEY=VALUE, got %r' % text)
-    return key.strip(), value.strip()
-
-
-def error_text(exc, limit=200):
-    """One line of text for an exception of Glance or of the way to it."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = ' '.join(lines) or exc.__class__.__name__
-    return text if len(text) <= limit else text[:limit] + '...'
-
-
-def _cache_names(image_ids):
-    return frozenset(names.image_cache_name(i) for i in image_ids)
-
-
-def _size(nbytes):
-    return '%.1f MiB' % (nbytes / units.Mi)
-
-
-@dataclasses.dataclass(frozen=True)
-class Listing:
-    """The images Glance had when it was listed at ``listed_at``."""
-
-    image_ids: frozenset
-    pinned_ids: frozenset
-    pin_property: str
-    listed_at: float
-
-
-def list_images(client, pin_property, now=time.time):
-    """List every image the service user can see, page by page.
-
-    ``listed_at`` is taken before the first page: an image missing from
-    the listing did not exist, or was deleted, by then.
-    """
-    pin = parse_pin_property(pin_property)
-    listed_at = now()
-    image_ids = set()
-    pinned_ids = set()
-    for image in client.images.list(filters={'visibility': 'all'},
-                                    page_size=LIST_PAGE_SIZE):
-        image_ids.add(image['id'])
-        if pin is not None and str(
-                image.get(pin[0], '')).lower() == pin[1].lower():
-            pinned_ids.add(image['id'])
-    return Listing(frozenset(image_ids), frozenset(pinned_ids), pin_property,
-                   listed_at)
-
-
-class ImageService:
-    """Glance as the passes see it.
-
-    Keeps the last listing for ``[glance] image_list_ttl`` seconds, says
-    once when Glance goes away and once when it is back, and logs each
-    pinned image's download failure once. Nothing here raises into a pass.
-    """
-
-    def __init__(self, conf, now=time.time):
-        self.conf = conf
-        self._now = now
-        self._client = None
-        self._listing = None
-        self._first_seen = {}
-        self._available = None
-        self._download_failures = set()
-
-    @property
-    def configured(self):
-        return is_configured(self.conf)
-
-    def client(self):
-        if self._client is None:
-            self._client = make_client(self.conf)
-        return self._client
-
-    def catalog(self, cache_names):
-        """Return the ImageCatalog for a pass; None if Glance is unused.
-
-        ``cache_names`` are the names the pass found in the cache.
-        """
-        if not self.configured:
-            return None
-        now = self._now()
-        # Only a file in the cache before a listing was taken can be said
-        # to be missing from it: a younger one may hold an image created
-        # after the listing. mtime cannot tell, since touches move it.
-        self._first_seen = {name: self._first_seen.get(name, now)
-                            for name in cache_names}
-        opts = self.conf.glance
-        listing = self._listing
-        age = None if listing is None else now - listing.listed_at
-        if (age is None or not 0 <= age < opts.image_list_ttl
-                or listing.pin_property != opts.pin_property):
-            listing = self._list(opts.pin_property)
-        if listing is None:
-            # Unknown or stale: nothing counts as deleted, and the pins
-            # last seen still hold.
-            last = self._listing
-            return facts.ImageCatalog(
-                pinned_names=(frozenset() if last is None
-                              else _cache_names(last.pinned_ids)),
-                pin_property=opts.pin_property)
-        existing = _cache_names(listing.image_ids)
-        return facts.ImageCatalog(
-            deleted_names=frozenset(
-                name for name, seen in self._first_seen.items()
-                if seen <= listing.listed_at and name not in existing),
-            listed_at=listing.listed_at,
-            pinned_names=_cache_names(listing.pinned_ids),
-            pin_property=opts.pin_property)
-
-    def _list(self, pin_property):
-        """A fresh Listing, or None when Glance cannot give one."""
-        try:
-            listing = list_images(self.client(), pin_property, self._now)
-        except Exception as e:
-            if not isinstance(e, SERVICE_ERRORS):
-                LOG.debug('Unexpected error listing images', exc_info=True)
-            self._went_away(error_text(e))
-            return None
-        if self._available is False:
-            LOG.info('Glance is available again: %d images listed',
-                     len(listing.image_ids))
-        self._available = True
-        self._listing = listing
-        return listing
-
-    def _went_away(self, reason):
-        if self._available is not False:
-            LOG.warning('Glance is unavailable; until it is back, no image '
-                        'counts as deleted in Glance, pins by image property '
-                        'are those last listed, and no pinned image is '
-                        'downloaded: %s', reason)
-        self._available = False
-
-    def pinned_image_ids(self):
-        """Image ids pinned by configuration or by the last listing."""
-        pinned = {i.strip() for i in self.conf.image_cache.pinned_images
-                  if i.strip()}
-        if self._listing is not None:
-            pinned.update(self._listing.pinned_ids)
-        return pinned
-
-    def precache_pinned(self, present_names, stop_event=None):
-        """Download pinned images whose cache file is not in the cache.
-
-        ``present_names`` are the names in the cache. At most
-        MAX_PINNED_DOWNLOADS_PER_PASS downloads, images that failed before
-        last. Returns the PrecacheResults; never raises.
-        """
-        if not self.configured or not self._available:
-            return []
-        pinned = self.pinned_image_ids()
-        self._download_failures &= pinned
-        missing = sorted(
-            (i for i in pinned
-             if names.image_cache_name(i) not in present_names),
-            key=lambda i: (i in self._download_failures, i))
-        results = []
-        if not missing:
-            return results
-        precacher = Precacher.from_conf(self.conf, self.client())
-        for image_id in missing[:MAX_PINNED_DOWNLOADS_PER_PASS]:
-            if stop_event is not None and stop_event.is_set():
-                break
-            try:
-                results.append(precacher.precache(image_id,
-                                                  stop_event=stop_event))
-            except Exception as e:
-                if not isinstance(e, PrecacheError):
-                    LOG.exception('Unexpected error precaching pinned '
-                                  'image %s', image_id)
-                # Once per image: the next messages may differ only in
-                # numbers (bytes, seconds).
-                if image_id not in self._download_failures:
-                    LOG.warning('Cannot cache pinned image %s: %s',
-                                image_id, e)
-                self._download_failures.add(image_id)
-            else:
-                if image_id in self._download_failures:
-                    self._download_failures.discard(image_id)
-                    LOG.info('Pinned image %s is cached now', image_id)
-        return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,12 +73,12 @@ class PrecacheResult:
     def summary(self):
         if not self.downloaded:
             return ('Image %s is cached already: %s (%s)'
-                    % (self.image_id, self.path, _size(self.size)))
+                    % (self.image_id, self.path, fmt.mib(self.size)))
         rate = self.downloaded / max(self.duration, 1e-3)
         text = ('Cached image %s as %s (%s): %s downloaded in %.1fs '
                 '(%s/s), %s verified' % (
-                    self.image_id, self.path, _size(self.size),
-                    _size(self.downloaded), self.duration, _size(rate),
+                    self.image_id, self.path, fmt.mib(self.size),
+                    fmt.mib(self.downloaded), self.duration, fmt.mib(rate),
                     self.verified_with))
         if self.converted_from:
             text += ', converted from %s to raw' % self.converted_from
@@ -387,8 +152,7 @@ class Precacher:
     @classmethod
     def from_conf(cls, conf, client):
         return cls(client, conf.instances_path,
-                   os.path.join(conf.instances_path,
-                                conf.image_cache.subdirectory_name),
+                   paths.cache_dir(conf),
                    conf.force_raw_images,
                    conf.image_cache.precache_headroom_mb * units.Mi,
                    inspect.Inspector.from_conf(conf))
@@ -437,9 +201,9 @@ class Precacher:
         except glance_exc.HTTPNotFound:
             raise PrecacheError('image %s does not exist in Glance'
                                 % image_id)
-        except SERVICE_ERRORS as e:
+        except glance_client.SERVICE_ERRORS as e:
             raise PrecacheError('cannot get image %s from Glance: %s'
-                                % (image_id, error_text(e)))
+                                % (image_id, glance_client.error_text(e)))
         if image.get('status') != 'active':
             raise PrecacheError('image %s is %s in Glance, not active'
                                 % (image_id, image.get('status')))
@@ -502,8 +266,8 @@ class Precacher:
                 'not enough free space in %s for image %s: it needs %s and '
                 '%s must stay free ([image_cache] precache_headroom_mb), '
                 'but only %s is free' % (
-                    self.cache_dir, image_id, _size(needed),
-                    _size(self.headroom), _size(free)))
+                    self.cache_dir, image_id, fmt.mib(needed),
+                    fmt.mib(self.headroom), fmt.mib(free)))
 
     def _clear_dead_download(self, path):
         """Remove what a dead download left; refuse if one seems alive."""
@@ -559,9 +323,9 @@ class Precacher:
         total = image['size']
         try:
             body = self.client.images.data(image_id, do_checksum=False)
-        except SERVICE_ERRORS as e:
+        except glance_client.SERVICE_ERRORS as e:
             raise PrecacheError('cannot download image %s: %s'
-                                % (image_id, error_text(e)))
+                                % (image_id, glance_client.error_text(e)))
         if body is None:
             raise PrecacheError('Glance has no data for image %s' % image_id)
         chunks = iter(body)
@@ -579,11 +343,11 @@ class Precacher:
                         chunk = next(chunks)
                     except StopIteration:
                         break
-                    except SERVICE_ERRORS as e:
+                    except glance_client.SERVICE_ERRORS as e:
                         raise PrecacheError(
                             'download of image %s broke off after %d of %d '
                             'bytes: %s' % (image_id, done, total,
-                                           error_text(e)))
+                                           glance_client.error_text(e)))
                     f.write(chunk)
                     hasher.update(chunk)
                     done += len(chunk)

@@ -35,7 +35,7 @@ import stat
 
 from oslo_log import log as logging
 
-from cachekeeper import printable
+from cachekeeper import fmt
 from cachekeeper.scrub import entries
 
 LOG = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _set_mtime_back(entry, cache_fd):
         os.fsync(cache_fd)
     except OSError as e:
         problem = 'restored, but its mtime was not set back: %s' % (
-            printable.errno_text(e))
+            fmt.errno_text(e))
         LOG.warning('%s (scrub queue entry %d) %s', entry.path, entry.id,
                     problem)
         return problem
@@ -200,7 +200,7 @@ class Quarantine:
             st = os.lstat(base_file.path)
         except OSError as e:
             raise entries.ScrubError('cannot quarantine %s: %s' % (
-                base_file.path, printable.errno_text(e))) from e
+                base_file.path, fmt.errno_text(e))) from e
         if not _is_file(st, base_file.ino):
             raise entries.ScrubError('cannot quarantine %s: it was replaced '
                                      'since the scan' % base_file.path)

@@ -44,13 +44,13 @@ sets a hook that kills the process with SIGKILL at the step named.
 """
 
 import dataclasses
-import os
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from cachekeeper.cache import locks
-from cachekeeper import printable
+from cachekeeper.conf import paths
+from cachekeeper import fmt
 from cachekeeper.scrub import entries
 from cachekeeper.scrub import quarantine
 from cachekeeper.scrub import reconcile
@@ -106,7 +106,7 @@ def from_conf(conf):
     return ScrubQueue(
         db.open_state(conf.state_path),
         conf.instances_path,
-        os.path.join(conf.instances_path, conf.image_cache.subdirectory_name),
+        paths.cache_dir(conf),
         conf.scrubber.quarantine_dir,
         conf.host)
 
@@ -188,7 +188,7 @@ class ScrubQueue:
             self._files.move_in(base_file.path, quarantine_path)
         except OSError as e:
             message = 'cannot move %s into quarantine: %s' % (
-                base_file.path, printable.errno_text(e))
+                base_file.path, fmt.errno_text(e))
             self._transition(entry_id, (entries.QUARANTINING,),
                              entries.ROLLED_BACK, now, last_error=message)
             raise entries.ScrubError(message) from e
@@ -214,7 +214,7 @@ class ScrubQueue:
             # Left to reconcile, which finds where the file is.
             raise entries.ScrubError(
                 '%s was touched while it was being quarantined and cannot '
-                'be put back: %s' % (path, printable.errno_text(e))) from e
+                'be put back: %s' % (path, fmt.errno_text(e))) from e
         self._transition(entry_id, (entries.QUARANTINING,),
                          entries.ROLLED_BACK, now,
                          last_error='touched while being quarantined')
@@ -267,7 +267,7 @@ class ScrubQueue:
             return
         except OSError as e:
             message = 'cannot delete quarantined %s: %s' % (
-                entry.quarantine_path, printable.errno_text(e))
+                entry.quarantine_path, fmt.errno_text(e))
             result.add_error(entry.path, message)
             attempts = entry.attempts + 1
             if attempts >= max_attempts:
@@ -354,7 +354,7 @@ class ScrubQueue:
         except OSError as e:
             raise entries.ScrubError(
                 'cannot restore entry %d: %s; nothing changed'
-                % (entry.id, printable.errno_text(e))) from e
+                % (entry.id, fmt.errno_text(e))) from e
         return self.entry(entry_id)
 
     def _move_back(self, entry, quarantine_name, directories, now):

@@ -35,7 +35,7 @@ from oslo_log import log as logging
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
-from cachekeeper import printable
+from cachekeeper import fmt
 from cachekeeper.scrub import entries
 from cachekeeper.scrub import quarantine
 
@@ -153,7 +153,7 @@ def adopt_orphans(state_db, files, now, result):
         names = files.names()
     except OSError as e:
         message = 'cannot list quarantine directory %s: %s' % (
-            files.host_dir, printable.errno_text(e))
+            files.host_dir, fmt.errno_text(e))
         result.add_error(files.host_dir, message)
         return
     known = {(os.path.basename(quarantine_path), ino)

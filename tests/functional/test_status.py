@@ -25,7 +25,7 @@ import subprocess
 from prometheus_client import parser
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
+from tests.lib import hosttree
 
 MiB = 1024 * 1024
 HOUR = hosttree.HOUR

@@ -18,15 +18,16 @@ from cachekeeper.cache import locks
 from cachekeeper.cache import scan
 from cachekeeper.state import totals
 from cachekeeper import thrash
-from tests.functional.scrub import base
+from tests.lib import scrubtree
 
-NOW = base.NOW
+NOW = scrubtree.NOW
 DELAY = 1800
 HOUR = 3600
 DAY = 86400
 
 
-class ThrashTestCase(base.ScrubTestCase):
+class ThrashTree(scrubtree.ScrubTree):
+    """A ScrubTree where removed files come back."""
 
     def remove(self, name, now=NOW, reason='unused for 1d'):
         base_file = self.make_file(name)
@@ -43,67 +44,76 @@ class ThrashTestCase(base.ScrubTestCase):
         return thrash.detect(self.queue.state_db, scan.scan(self.cache_dir),
                              now, window)
 
-    def test_a_file_back_within_the_window_is_detected_once(self):
-        name = base.image_name(1)
-        entry = self.remove(name)
-        self.queue.drain(NOW + DELAY, DELAY, 5)
-        self.come_back(name, NOW + 2 * HOUR)
-        [comeback] = self.detect(NOW + 3 * HOUR)
-        self.assertEqual((entry.id, NOW, NOW + 2 * HOUR),
-                         (comeback.entry_id, comeback.removed_at,
-                          comeback.came_back_at))
-        self.assertEqual(
-            'Image cache file %s came back 2h after a pass removed it '
-            '(unused for 1d; scrub queue entry %d): it was made again for '
-            'nothing; consider a longer [image_cache] '
-            'remove_unused_original_minimum_age_seconds'
-            % (entry.path, entry.id), comeback.warning())
-        self.assertEqual(NOW + 2 * HOUR,
-                         self.queue.entry(entry.id).returned_at)
-        self.assertEqual([], self.detect(NOW + 4 * HOUR))
-        self.assertEqual(1, self.queue.totals()[totals.COMEBACKS])
 
-    def test_a_file_back_while_still_in_quarantine_counts(self):
-        name = base.image_name(1)
-        self.remove(name)
-        self.come_back(name, NOW + 60)
-        self.assertEqual(1, len(self.detect(NOW + 120)))
+scrub = scrubtree.tree_fixture(ThrashTree)
 
-    def test_a_file_back_after_the_window_is_not_thrash(self):
-        name = base.image_name(1)
-        entry = self.remove(name)
-        self.come_back(name, NOW + 2 * DAY)
-        self.assertEqual([], self.detect(NOW + 2 * DAY + 60))
-        # Recorded all the same, so that it is not looked at again.
-        self.assertIsNotNone(self.queue.entry(entry.id).returned_at)
-        self.assertEqual(0, self.queue.totals()[totals.COMEBACKS])
 
-    def test_an_evicted_file_asks_for_a_bigger_budget(self):
-        name = 'swap_512'
-        self.remove(name, reason='over budget (cache 2.0 MiB > 1.0 MiB '
-                                 'max): last used 2h ago')
-        self.come_back(name, NOW + 60)
-        [comeback] = self.detect(NOW + 120)
-        self.assertIn('consider a bigger budget ([image_cache] '
-                      'max_cache_size_mb', comeback.warning())
+def test_a_file_back_within_the_window_is_detected_once(scrub):
+    name = scrubtree.image_name(1)
+    entry = scrub.remove(name)
+    scrub.queue.drain(NOW + DELAY, DELAY, 5)
+    scrub.come_back(name, NOW + 2 * HOUR)
+    [comeback] = scrub.detect(NOW + 3 * HOUR)
+    assert (entry.id, NOW, NOW + 2 * HOUR) == (
+        comeback.entry_id, comeback.removed_at,
+        comeback.came_back_at)
+    assert comeback.warning() == (
+        'Image cache file %s came back 2h after a pass removed it '
+        '(unused for 1d; scrub queue entry %d): it was made again for '
+        'nothing; consider a longer [image_cache] '
+        'remove_unused_original_minimum_age_seconds'
+        % (entry.path, entry.id))
+    assert NOW + 2 * HOUR == scrub.queue.entry(entry.id).returned_at
+    assert scrub.detect(NOW + 4 * HOUR) == []
+    assert scrub.queue.totals()[totals.COMEBACKS] == 1
 
-    def test_restored_and_rolled_back_files_are_not_thrash(self):
-        restored = self.remove(base.image_name(1))
-        self.queue.restore(restored.id, NOW + 60)
-        self.assertEqual([], self.detect(NOW + 120))
 
-    def test_the_very_file_quarantined_after_the_scan_is_not_thrash(self):
-        name = base.image_name(1)
-        seen = scan.scan(self.cache_dir) + [self.make_file(name)]
-        # Another pass quarantines it between this pass's scan and its
-        # detection.
-        with locks.nova_lock(self.instances_path, name):
-            self.queue.quarantine(seen[-1], 'unused', NOW)
-        self.assertEqual([], thrash.detect(self.queue.state_db, seen,
-                                           NOW + 1, DAY))
+def test_a_file_back_while_still_in_quarantine_counts(scrub):
+    name = scrubtree.image_name(1)
+    scrub.remove(name)
+    scrub.come_back(name, NOW + 60)
+    assert len(scrub.detect(NOW + 120)) == 1
 
-    def test_window_zero_detects_nothing(self):
-        name = base.image_name(1)
-        self.remove(name)
-        self.come_back(name, NOW + 60)
-        self.assertEqual([], self.detect(NOW + 120, window=0))
+
+def test_a_file_back_after_the_window_is_not_thrash(scrub):
+    name = scrubtree.image_name(1)
+    entry = scrub.remove(name)
+    scrub.come_back(name, NOW + 2 * DAY)
+    assert scrub.detect(NOW + 2 * DAY + 60) == []
+    # Recorded all the same, so that it is not looked at again.
+    assert scrub.queue.entry(entry.id).returned_at is not None
+    assert scrub.queue.totals()[totals.COMEBACKS] == 0
+
+
+def test_an_evicted_file_asks_for_a_bigger_budget(scrub):
+    name = 'swap_512'
+    scrub.remove(name, reason='over budget (cache 2.0 MiB > 1.0 MiB '
+                             'max): last used 2h ago')
+    scrub.come_back(name, NOW + 60)
+    [comeback] = scrub.detect(NOW + 120)
+    assert ('consider a bigger budget ([image_cache] '
+            'max_cache_size_mb') in comeback.warning()
+
+
+def test_restored_and_rolled_back_files_are_not_thrash(scrub):
+    restored = scrub.remove(scrubtree.image_name(1))
+    scrub.queue.restore(restored.id, NOW + 60)
+    assert scrub.detect(NOW + 120) == []
+
+
+def test_the_very_file_quarantined_after_the_scan_is_not_thrash(scrub):
+    name = scrubtree.image_name(1)
+    seen = scan.scan(scrub.cache_dir) + [scrub.make_file(name)]
+    # Another pass quarantines it between this pass's scan and its
+    # detection.
+    with locks.nova_lock(scrub.instances_path, name):
+        scrub.queue.quarantine(seen[-1], 'unused', NOW)
+    assert thrash.detect(scrub.queue.state_db, seen,
+                         NOW + 1, DAY) == []
+
+
+def test_window_zero_detects_nothing(scrub):
+    name = scrubtree.image_name(1)
+    scrub.remove(name)
+    scrub.come_back(name, NOW + 60)
+    assert scrub.detect(NOW + 120, window=0) == []

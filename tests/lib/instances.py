@@ -19,22 +19,13 @@ it; its images are made by the real qemu-img, even while a fake one
 
 import json
 import os
-import shutil
-import subprocess
 import textwrap
 import time
 
 from cachekeeper.cache import evidence
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
-
-# The real one, for building images while a fake one is first on PATH.
-QEMU_IMG = shutil.which('qemu-img')
-
-
-def qemu_img(*args):
-    subprocess.run([QEMU_IMG] + [str(a) for a in args], check=True,
-                   capture_output=True, timeout=30)
+from tests.lib import qemu
 
 
 class Host:
@@ -53,9 +44,9 @@ class Host:
     def base(self, name, fmt='raw', backing=None, backing_fmt='raw'):
         path = self.cache / name
         if backing is None:
-            qemu_img('create', '-q', '-f', fmt, path, '1M')
+            qemu.qemu_img('create', '-q', '-f', fmt, path, '1M')
         else:
-            qemu_img('create', '-q', '-f', fmt, '-F', backing_fmt, '-b',
+            qemu.qemu_img('create', '-q', '-f', fmt, '-F', backing_fmt, '-b',
                      backing, path)
         return path
 
@@ -79,7 +70,7 @@ class Host:
             args += ['-u', path, '1M']
         else:
             args.append(path)
-        qemu_img(*args)
+        qemu.qemu_img(*args)
         return path
 
     def disk_info(self, directory, formats):

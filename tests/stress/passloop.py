@@ -32,9 +32,10 @@ import time
 from oslo_log import log as logging
 
 from cachekeeper.cache import facts
-from cachekeeper.cache import manager
+from cachekeeper.conf import paths
 from cachekeeper import config
 from cachekeeper import coordination
+from cachekeeper import manager
 from cachekeeper.scrub import queue
 
 LOG = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def run(conf, stop_event, inspect_methods=()):
     scrub_queue.reconcile(time.time())
     # As the daemon's service does: the pass removes only as the leader.
     coordinator = coordination.Coordinator.from_conf(
-        conf, manager.cache_dir(conf),
+        conf, paths.cache_dir(conf),
         wants_leadership=lambda: conf.image_cache.remove_unused_base_images)
     coordinator.start()
     cache_manager = manager.CacheManager(conf, scrub_queue, coordinator)

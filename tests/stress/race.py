@@ -50,8 +50,8 @@ import tempfile
 import threading
 import time
 
+from tests.lib import daemon as system_daemon
 from tests.stress import invariant
-from tests.system import daemon as system_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

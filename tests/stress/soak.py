@@ -38,8 +38,8 @@ import tempfile
 import threading
 import time
 
-from tests.functional.cache import hosttree
-from tests.system import daemon as system_daemon
+from tests.lib import daemon as system_daemon
+from tests.lib import hosttree
 
 BACKENDS = ('eventlet', 'threading')
 WARM_UP = 10

@@ -30,9 +30,10 @@ import time
 
 import pytest
 
-from tests.functional.cache import hosttree
+from tests.lib import daemon as system_daemon
+from tests.lib import hosttree
+from tests.lib import qemu
 from tests.stress import soak
-from tests.system import daemon as system_daemon
 
 PASS_LINE = r'INFO cachekeeper.service .* Pass done'
 WAIT = 30
@@ -93,7 +94,7 @@ class FaultHost(hosttree.HostTree):
         with open(self.fake_qemu_img, 'w') as f:
             f.write(FAKE_QEMU_IMG.format(
                 mode_file=self.mode_file, unused=self.cache_path(U),
-                moved=self.moved, qemu_img=hosttree.QEMU_IMG))
+                moved=self.moved, qemu_img=qemu.QEMU_IMG))
         os.chmod(self.fake_qemu_img, 0o755)
         self.instance(UUID_A, {'disk': self.base(X, OLD)})
         self.base(U, OLD)
@@ -207,7 +208,7 @@ class MissingQemuImg(Fault):
         os.unlink(host.fake_qemu_img)
 
     def clear(self, host, daemon):
-        os.symlink(hosttree.QEMU_IMG, host.fake_qemu_img)
+        os.symlink(qemu.QEMU_IMG, host.fake_qemu_img)
 
 
 class UnreadableInstance(Fault):

@@ -30,8 +30,8 @@ import time
 import pytest
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
-from tests.system import daemon as system_daemon
+from tests.lib import daemon as system_daemon
+from tests.lib import hosttree
 
 OLD = 2 * hosttree.DAY
 YOUNG = 10 * hosttree.MINUTE

@@ -28,8 +28,8 @@ import subprocess
 import pytest
 
 from cachekeeper import coordination
-from tests.functional.cache import hosttree
-from tests.system import daemon as system_daemon
+from tests.lib import daemon as system_daemon
+from tests.lib import hosttree
 
 OLD = 2 * hosttree.DAY
 PASS_LINE = r'INFO cachekeeper.service .* Pass done'

@@ -28,7 +28,7 @@ import stat
 
 import pytest
 
-from tests.functional.cache import hosttree
+from tests.lib import hosttree
 
 NOVA_UID = 64061
 NOVA_GID = 64062

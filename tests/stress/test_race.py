@@ -23,7 +23,8 @@ import sys
 import time
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
+from tests.lib import hosttree
+from tests.lib import qemu
 from tests.stress import race
 
 CI_CYCLES = 320
@@ -93,7 +94,7 @@ def test_touch_inside_the_lock_keeps_the_base(tmp_path):
         disk=os.path.join(directory, 'disk'), python=sys.executable,
         is_free=is_free,
         lock=os.path.join(host.locks_dir, 'nova-' + UNUSED), base=unused,
-        marker=marker, qemu_img=hosttree.QEMU_IMG))
+        marker=marker, qemu_img=qemu.QEMU_IMG))
     fake.chmod(0o755)
 
     process, report = host.run_pass(path_prefix=str(bin_dir))

@@ -18,8 +18,6 @@ import socket
 import subprocess
 import time
 
-import fixtures
-
 START_TIMEOUT = 10
 
 
@@ -29,23 +27,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-class RedisServer(fixtures.Fixture):
+class RedisServer:
     """redis-server (Debian's) on a free port, without persistence.
 
-    ``stop()`` and ``start()`` restart it on the same port, empty, as a
-    restarted server without persistence comes back.
+    Its log goes into ``directory``. ``stop()`` and ``start()`` restart it
+    on the same port, empty, as a restarted server without persistence
+    comes back.
     """
 
-    def _setUp(self):
+    def __init__(self, directory):
         self.binary = shutil.which('redis-server')
         if self.binary is None:
             raise RuntimeError('redis-server is not installed; '
                                'tools/install.sh installs it')
-        self.directory = self.useFixture(fixtures.TempDir()).path
+        self.directory = directory
+        os.makedirs(self.directory, exist_ok=True)
         self.port = free_port()
         self.process = None
-        self.start()
-        self.addCleanup(self.stop)
 
     def url(self, lease):
         """A tooz URL whose locks expire ``lease`` seconds after a beat."""

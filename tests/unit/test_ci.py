@@ -11,7 +11,6 @@
 # under the License.
 
 import os
-import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -22,19 +21,19 @@ def _read(*path):
         return f.read()
 
 
-class CITestCase(unittest.TestCase):
+def _readme_commands():
+    lines = _read('README.rst').splitlines()
+    return [line.strip() for line in lines
+            if line.startswith('    bash tools/install.sh')]
 
-    def _readme_commands(self):
-        lines = _read('README.rst').splitlines()
-        return [line.strip() for line in lines
-                if line.startswith('    bash tools/install.sh')]
 
-    def test_readme_opens_with_two_commands(self):
-        commands = self._readme_commands()
-        self.assertEqual(2, len(commands))
-        self.assertIn('demo create', commands[0])
-        self.assertIn('pytest', commands[1])
+def test_readme_opens_with_two_commands():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert 'demo create' in commands[0]
+    assert 'pytest' in commands[1]
 
-    def test_ci_runs_the_readme_test_command(self):
-        test_command = self._readme_commands()[1]
-        self.assertIn(test_command, _read('.ci', 'run').splitlines())
+
+def test_ci_runs_the_readme_test_command():
+    test_command = _readme_commands()[1]
+    assert test_command in _read('.ci', 'run').splitlines()

@@ -26,9 +26,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-import unittest
 
-import fixtures
+import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -145,18 +144,18 @@ def _read_ini(path):
     return parser
 
 
-class DevstackPluginTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+class Devstack:
+    """A devstack host in ``tmp``: DEST, DATA_DIR, nova's config files."""
 
-    def setUp(self):
-        super().setUp()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.dest = self._mkdir('opt')
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.dest = self.mkdir('opt')
         # enable_plugin clones the repository to $DEST/cachekeeper.
         os.symlink(REPO_ROOT, os.path.join(self.dest, 'cachekeeper'))
-        self.data_dir = self._mkdir('data')
-        self.instances_path = self._mkdir('data', 'nova', 'instances')
+        self.data_dir = self.mkdir('data')
+        self.instances_path = self.mkdir('data', 'nova', 'instances')
         self.nova_state_path = os.path.dirname(self.instances_path)
-        nova_conf_dir = self._mkdir('etc', 'nova')
+        nova_conf_dir = self.mkdir('etc', 'nova')
         self.nova_conf = os.path.join(nova_conf_dir, 'nova.conf')
         self.nova_cpu_conf = os.path.join(nova_conf_dir, 'nova-cpu.conf')
         nova_conf_text = textwrap.dedent("""\
@@ -169,22 +168,26 @@ class DevstackPluginTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.conf_dir = os.path.join(self.tmp, 'etc', 'cachekeeper')
         self.conf = os.path.join(self.conf_dir, 'cachekeeper.conf')
         self.state_path = os.path.join(self.data_dir, 'cachekeeper')
-        self.exec_prefix = self._mkdir('usr', 'local', 'bin')
-        self.fake_bin = self._mkdir('fake-bin')
+        self.exec_prefix = self.mkdir('usr', 'local', 'bin')
+        self.fake_bin = self.mkdir('fake-bin')
         _write(os.path.join(self.fake_bin, 'oslo-config-generator'),
                FAKE_GENERATOR_SH, mode=0o755)
+        # plugin.sh installs qemu-img where it is missing: here it is not,
+        # whether this machine has one or not.
+        _write(os.path.join(self.fake_bin, 'qemu-img'), '#!/bin/sh\nexit 0\n',
+               mode=0o755)
         self.calls_log = os.path.join(self.tmp, 'calls.log')
         self.stubs = os.path.join(self.tmp, 'stubs.sh')
         _write(self.stubs, STUBS_SH)
         self.iniset_py = os.path.join(self.tmp, 'iniset.py')
         _write(self.iniset_py, INISET_PY)
 
-    def _mkdir(self, *parts):
+    def mkdir(self, *parts):
         path = os.path.join(self.tmp, *parts)
         os.makedirs(path, exist_ok=True)
         return path
 
-    def devstack(self, *phases, services='n-cpu', path=None, **variables):
+    def run(self, *phases, services='n-cpu', path=None, **variables):
         """Run phases (lists of plugin.sh arguments) in one bash process.
 
         Like stack.sh, unstack.sh and clean.sh, the process sources
@@ -219,13 +222,24 @@ class DevstackPluginTestCase(fixtures.TestWithFixtures, unittest.TestCase):
                 cwd=self.tmp, env=env, check=True, timeout=60,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         except subprocess.CalledProcessError as e:
-            self.fail('%s failed (%d):\n%s' % (
+            pytest.fail('%s failed (%d):\n%s' % (
                 ' '.join(' '.join(phase) for phase in phases),
                 e.returncode, e.stderr))
 
+    def bin_dir(self, name, stubs=()):
+        """A PATH entry holding only grep (plugin.sh uses it) and ``stubs``,
+        commands that exit 0 and do nothing else.
+        """
+        bin_dir = self.mkdir(name)
+        os.symlink(shutil.which('grep'), os.path.join(bin_dir, 'grep'))
+        for command in stubs:
+            _write(os.path.join(bin_dir, command), '#!/bin/sh\nexit 0\n',
+                   mode=0o755)
+        return bin_dir
+
     def stack(self, **kwargs):
-        self.devstack(['stack', 'install'], ['stack', 'post-config'],
-                      ['stack', 'extra'], **kwargs)
+        self.run(['stack', 'install'], ['stack', 'post-config'],
+                 ['stack', 'extra'], **kwargs)
 
     def calls(self):
         if not os.path.exists(self.calls_log):
@@ -237,147 +251,146 @@ class DevstackPluginTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         return [call for call in self.calls() if call[0] == 'run_process']
 
 
-class StackTestCase(DevstackPluginTestCase):
-
-    def _bin_dir(self, name, *commands):
-        """A PATH entry holding only these commands (plugin.sh uses grep)."""
-        bin_dir = self._mkdir(name)
-        for command in ('grep',) + commands:
-            os.symlink(shutil.which(command), os.path.join(bin_dir, command))
-        return bin_dir
-
-    def test_install(self):
-        self.devstack(['stack', 'install'])
-        self.assertIn(
-            ['setup_develop', os.path.join(self.dest, 'cachekeeper')],
-            self.calls())
-
-    def test_install_qemu_img_when_missing(self):
-        self.devstack(['stack', 'install'], path=self._bin_dir('no-qemu'))
-        self.assertIn(['install_package', 'qemu-utils'], self.calls())
-
-    def test_install_keeps_existing_qemu_img(self):
-        self.devstack(['stack', 'install'],
-                      path=self._bin_dir('qemu', 'qemu-img'))
-        self.assertNotIn('install_package', [c[0] for c in self.calls()])
-
-    def test_post_config_writes_cachekeeper_conf(self):
-        self.devstack(['stack', 'post-config'], CACHEKEEPER_INTERVAL='120')
-        generator_calls = [c for c in self.calls()
-                           if c[0] == 'oslo-config-generator']
-        self.assertEqual(
-            [['oslo-config-generator',
-              '--config-file',
-              os.path.join(self.dest, 'cachekeeper', GENERATOR_CONF),
-              '--output-file', self.conf]],
-            generator_calls)
-        conf = _read_ini(self.conf)
-        self.assertEqual(self.instances_path,
-                         conf['DEFAULT']['instances_path'])
-        self.assertEqual(self.state_path, conf['DEFAULT']['state_path'])
-        self.assertNotIn('host', conf['DEFAULT'])
-        self.assertEqual('120', conf['image_cache']['manager_interval'])
-
-    def test_post_config_default_interval(self):
-        self.devstack(['stack', 'post-config'])
-        conf = _read_ini(self.conf)
-        self.assertEqual('300', conf['image_cache']['manager_interval'])
-
-    def test_post_config_creates_private_state_dir(self):
-        self.devstack(['stack', 'post-config'])
-        self.assertTrue(os.path.isdir(self.conf_dir))
-        st = os.stat(self.state_path)
-        self.assertTrue(stat.S_ISDIR(st.st_mode))
-        self.assertEqual(0o700, stat.S_IMODE(st.st_mode))
-        self.assertEqual(os.getuid(), st.st_uid)
-
-    def test_post_config_turns_off_novas_image_cache_manager(self):
-        self.devstack(['stack', 'post-config'])
-        # nova-cpu.conf is rebuilt from nova.conf when nova-compute starts,
-        # so both must carry it.
-        for path in (self.nova_conf, self.nova_cpu_conf):
-            nova = _read_ini(path)
-            self.assertEqual('-1', nova['image_cache']['manager_interval'],
-                             path)
-            self.assertEqual(self.instances_path,
-                             nova['DEFAULT']['instances_path'], path)
-
-    def test_post_config_without_nova_cpu_conf(self):
-        self.devstack(['stack', 'post-config'], NOVA_CPU_CONF='')
-        nova = _read_ini(self.nova_conf)
-        self.assertEqual('-1', nova['image_cache']['manager_interval'])
-
-    def test_extra_runs_the_daemon_with_nova_conf_first(self):
-        self.stack()
-        self.assertEqual(
-            [['run_process', 'cachekeeper',
-              '%s/cachekeeper --config-file %s --config-file %s'
-              % (self.exec_prefix, self.nova_cpu_conf, self.conf)]],
-            self.run_process_calls())
-
-    def test_nothing_without_n_cpu(self):
-        with open(self.nova_conf) as f:
-            nova_conf_before = f.read()
-        self.stack(services='n-api,g-api')
-        self.assertEqual(
-            [['setup_develop', os.path.join(self.dest, 'cachekeeper')]],
-            self.calls())
-        self.assertFalse(os.path.exists(self.conf_dir))
-        self.assertFalse(os.path.exists(self.state_path))
-        with open(self.nova_conf) as f:
-            self.assertEqual(nova_conf_before, f.read())
+@pytest.fixture
+def devstack(tmp_path):
+    return Devstack(str(tmp_path))
 
 
-class UnstackCleanTestCase(DevstackPluginTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.stack()
-        os.remove(self.calls_log)
-
-    def test_unstack_stops_the_daemon(self):
-        self.devstack(['unstack'])
-        self.assertEqual([['stop_process', 'cachekeeper']], self.calls())
-        self.assertTrue(os.path.exists(self.conf))
-
-    def test_clean_removes_conf_and_state(self):
-        cache_dir = self._mkdir('data', 'nova', 'instances', '_base')
-        self.devstack(['unstack'])
-        self.devstack(['clean'])
-        self.assertFalse(os.path.exists(self.conf_dir))
-        self.assertFalse(os.path.exists(self.state_path))
-        self.assertTrue(os.path.isdir(cache_dir))
-        self.assertTrue(os.path.exists(self.nova_conf))
+@pytest.fixture
+def stacked(devstack):
+    """The devstack host after stack.sh, with no call recorded yet."""
+    devstack.stack()
+    os.remove(devstack.calls_log)
+    return devstack
 
 
-class GeneratedConfigTestCase(DevstackPluginTestCase):
-    """The real generator, then cachekeeper reading what devstack wrote."""
+def test_install(devstack):
+    devstack.run(['stack', 'install'])
+    assert ['setup_develop', os.path.join(devstack.dest, 'cachekeeper')] in (
+        devstack.calls())
 
-    def test_cachekeeper_reads_the_devstack_config(self):
-        path = os.pathsep.join([PYTHON_BIN_DIR, os.environ['PATH']])
-        self.devstack(['stack', 'post-config'], ['stack', 'extra'], path=path)
-        with open(self.conf) as f:
-            # The generated help survives the iniset calls.
-            self.assertIn('#remove_unused_base_images = true', f.read())
-        [call] = self.run_process_calls()
-        command = shlex.split(call[2])
-        self.assertEqual(os.path.join(self.exec_prefix, 'cachekeeper'),
-                         command[0])
-        # nova-cpu.conf now says manager_interval = -1 and names nova's own
-        # state_path: cachekeeper's file must win on both.
-        check = textwrap.dedent("""\
-            import sys
-            from cachekeeper import config
-            config.parse_args(sys.argv)
-            conf = config.CONF
-            print(conf.instances_path, conf.state_path,
-                  '%g' % conf.image_cache.manager_interval)
-            """)
-        result = subprocess.run(
-            [sys.executable, '-c', check] + command[1:],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            timeout=60)
-        self.assertEqual(0, result.returncode, result.stderr)
-        self.assertEqual(
-            [self.instances_path, self.state_path, '300'],
-            result.stdout.split())
+
+def test_install_qemu_img_when_missing(devstack):
+    devstack.run(['stack', 'install'], path=devstack.bin_dir('no-qemu'))
+    assert ['install_package', 'qemu-utils'] in devstack.calls()
+
+
+def test_install_keeps_existing_qemu_img(devstack):
+    devstack.run(['stack', 'install'],
+                 path=devstack.bin_dir('qemu', stubs=['qemu-img']))
+    assert 'install_package' not in [c[0] for c in devstack.calls()]
+
+
+def test_post_config_writes_cachekeeper_conf(devstack):
+    devstack.run(['stack', 'post-config'], CACHEKEEPER_INTERVAL='120')
+    generator_calls = [c for c in devstack.calls()
+                       if c[0] == 'oslo-config-generator']
+    assert generator_calls == (
+        [['oslo-config-generator',
+          '--config-file',
+          os.path.join(devstack.dest, 'cachekeeper', GENERATOR_CONF),
+          '--output-file', devstack.conf]])
+    conf = _read_ini(devstack.conf)
+    assert devstack.instances_path == conf['DEFAULT']['instances_path']
+    assert devstack.state_path == conf['DEFAULT']['state_path']
+    assert 'host' not in conf['DEFAULT']
+    assert conf['image_cache']['manager_interval'] == '120'
+
+
+def test_post_config_default_interval(devstack):
+    devstack.run(['stack', 'post-config'])
+    conf = _read_ini(devstack.conf)
+    assert conf['image_cache']['manager_interval'] == '300'
+
+
+def test_post_config_creates_private_state_dir(devstack):
+    devstack.run(['stack', 'post-config'])
+    assert os.path.isdir(devstack.conf_dir)
+    st = os.stat(devstack.state_path)
+    assert stat.S_ISDIR(st.st_mode)
+    assert 0o700 == stat.S_IMODE(st.st_mode)
+    assert os.getuid() == st.st_uid
+
+
+def test_post_config_turns_off_novas_image_cache_manager(devstack):
+    devstack.run(['stack', 'post-config'])
+    # nova-cpu.conf is rebuilt from nova.conf when nova-compute starts,
+    # so both must carry it.
+    for path in (devstack.nova_conf, devstack.nova_cpu_conf):
+        nova = _read_ini(path)
+        assert nova['image_cache']['manager_interval'] == '-1', path
+        assert devstack.instances_path == nova['DEFAULT']['instances_path'], (
+            path)
+
+
+def test_post_config_without_nova_cpu_conf(devstack):
+    devstack.run(['stack', 'post-config'], NOVA_CPU_CONF='')
+    nova = _read_ini(devstack.nova_conf)
+    assert nova['image_cache']['manager_interval'] == '-1'
+
+
+def test_extra_runs_the_daemon_with_nova_conf_first(devstack):
+    devstack.stack()
+    assert devstack.run_process_calls() == (
+        [['run_process', 'cachekeeper',
+          '%s/cachekeeper --config-file %s --config-file %s'
+          % (devstack.exec_prefix, devstack.nova_cpu_conf, devstack.conf)]])
+
+
+def test_nothing_without_n_cpu(devstack):
+    with open(devstack.nova_conf) as f:
+        nova_conf_before = f.read()
+    devstack.stack(services='n-api,g-api')
+    assert devstack.calls() == (
+        [['setup_develop', os.path.join(devstack.dest, 'cachekeeper')]])
+    assert not os.path.exists(devstack.conf_dir)
+    assert not os.path.exists(devstack.state_path)
+    with open(devstack.nova_conf) as f:
+        assert nova_conf_before == f.read()
+
+
+def test_unstack_stops_the_daemon(stacked):
+    stacked.run(['unstack'])
+    assert stacked.calls() == [['stop_process', 'cachekeeper']]
+    assert os.path.exists(stacked.conf)
+
+
+def test_clean_removes_conf_and_state(stacked):
+    cache_dir = stacked.mkdir('data', 'nova', 'instances', '_base')
+    stacked.run(['unstack'])
+    stacked.run(['clean'])
+    assert not os.path.exists(stacked.conf_dir)
+    assert not os.path.exists(stacked.state_path)
+    assert os.path.isdir(cache_dir)
+    assert os.path.exists(stacked.nova_conf)
+
+
+# The real generator, then cachekeeper reading what devstack wrote.
+
+
+def test_cachekeeper_reads_the_devstack_config(devstack):
+    path = os.pathsep.join([PYTHON_BIN_DIR, os.environ['PATH']])
+    devstack.run(['stack', 'post-config'], ['stack', 'extra'], path=path)
+    with open(devstack.conf) as f:
+        # The generated help survives the iniset calls.
+        assert '#remove_unused_base_images = true' in f.read()
+    [call] = devstack.run_process_calls()
+    command = shlex.split(call[2])
+    assert os.path.join(devstack.exec_prefix, 'cachekeeper') == command[0]
+    # nova-cpu.conf now says manager_interval = -1 and names nova's own
+    # state_path: cachekeeper's file must win on both.
+    check = textwrap.dedent("""\
+        import sys
+        from cachekeeper import config
+        config.parse_args(sys.argv)
+        conf = config.CONF
+        print(conf.instances_path, conf.state_path,
+              '%g' % conf.image_cache.manager_interval)
+        """)
+    result = subprocess.run(
+        [sys.executable, '-c', check] + command[1:],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == (
+        [devstack.instances_path, devstack.state_path, '300'])

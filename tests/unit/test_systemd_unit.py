@@ -15,12 +15,12 @@
 import collections
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
-import unittest
 
-import fixtures
+import pytest
 
 from cachekeeper.conf import default
 from cachekeeper import config
@@ -57,115 +57,121 @@ def _option_default(name):
                 if opt.name == name)
 
 
-class TestUnitContent(unittest.TestCase):
+class UnitFile:
+    """The unit file, parsed."""
 
-    @classmethod
-    def setUpClass(cls):
-        with open(UNIT_PATH) as f:
-            cls.unit = parse_unit(f.read())
+    def __init__(self, path):
+        with open(path) as f:
+            self.sections = parse_unit(f.read())
 
     def one(self, section, key):
-        values = self.unit[section][key]
-        self.assertEqual(1, len(values), '%s= set %d times in [%s]'
-                         % (key, len(values), section))
+        values = self.sections[section][key]
+        assert len(values) == 1, ('%s= set %d times in [%s]'
+                                  % (key, len(values), section))
         return values[0]
 
     def words(self, section, key):
-        return [word for value in self.unit[section][key]
+        return [word for value in self.sections[section][key]
                 for word in value.split()]
 
-    def test_sections(self):
-        self.assertEqual({'Unit', 'Service', 'Install'}, set(self.unit))
 
-    def test_notify_from_the_forked_worker(self):
-        self.assertEqual('notify', self.one('Service', 'Type'))
-        self.assertEqual('all', self.one('Service', 'NotifyAccess'))
-
-    def test_runs_as_nova(self):
-        self.assertEqual('nova', self.one('Service', 'User'))
-        self.assertEqual('nova', self.one('Service', 'Group'))
-
-    def test_exec_start_reads_nova_conf_then_its_own(self):
-        self.assertEqual(
-            [INSTALLED_EXEC,
-             '--config-file', '/etc/nova/nova.conf',
-             '--config-file', '/etc/cachekeeper/cachekeeper.conf'],
-            self.one('Service', 'ExecStart').split())
-
-    def test_reload_is_sighup_to_the_main_process(self):
-        self.assertEqual('/bin/kill -HUP $MAINPID',
-                         self.one('Service', 'ExecReload'))
-
-    def test_restart_and_stop(self):
-        self.assertEqual('on-failure', self.one('Service', 'Restart'))
-        self.assertEqual(str(config.EXIT_CONFIG),
-                         self.one('Service', 'RestartPreventExitStatus'))
-        # The main process stops the threading backend's worker itself;
-        # the whole group gets only the final SIGKILL.
-        self.assertEqual('mixed', self.one('Service', 'KillMode'))
-        timeout = self.one('Service', 'TimeoutStopSec')
-        self.assertRegex(timeout, r'^\d+s?$')
-        self.assertGreater(int(timeout.rstrip('s')),
-                           GRACEFUL_SHUTDOWN_TIMEOUT)
-
-    def test_file_system_is_read_only_but_for_the_daemon_paths(self):
-        self.assertEqual('strict', self.one('Service', 'ProtectSystem'))
-        writable = self.words('Service', 'ReadWritePaths')
-        self.assertCountEqual(
-            [_option_default('instances_path'), _option_default('state_path')],
-            writable)
-        self.assertEqual('cachekeeper', self.one('Service', 'StateDirectory'))
-        self.assertEqual('0700', self.one('Service', 'StateDirectoryMode'))
-        self.assertEqual(
-            _option_default('state_path'),
-            os.path.join('/var/lib', self.one('Service', 'StateDirectory')))
-        self.assertEqual('yes', self.one('Service', 'PrivateTmp'))
-        self.assertEqual('yes', self.one('Service', 'ProtectHome'))
-        self.assertEqual('yes', self.one('Service', 'NoNewPrivileges'))
-
-    def test_only_capability_is_fowner(self):
-        self.assertEqual(['CAP_FOWNER'],
-                         self.words('Service', 'AmbientCapabilities'))
-        self.assertEqual(['CAP_FOWNER'],
-                         self.words('Service', 'CapabilityBoundingSet'))
-
-    def test_ordering(self):
-        after = self.words('Unit', 'After')
-        self.assertIn('network-online.target', after)
-        self.assertIn('network-online.target', self.words('Unit', 'Wants'))
-        self.assertIn('nova-compute.service', after)
-        self.assertIn('openstack-nova-compute.service', after)
-        # cachekeeper must neither start nova-compute nor stop with it.
-        for key in ('Requires', 'Requisite', 'BindsTo', 'PartOf'):
-            self.assertFalse(
-                [unit for unit in self.words('Unit', key)
-                 if 'nova' in unit], key)
-        self.assertEqual([_option_default('instances_path')],
-                         self.words('Unit', 'RequiresMountsFor'))
-
-    def test_documentation_and_install(self):
-        self.assertRegex(self.one('Unit', 'Documentation'), r'^https://')
-        self.assertEqual('multi-user.target',
-                         self.one('Install', 'WantedBy'))
-
-    def test_installed_by_pbr(self):
-        setup = configparser.ConfigParser()
-        setup.read(os.path.join(REPO_ROOT, 'setup.cfg'))
-        data_files = setup['files']['data_files']
-        self.assertRegex(
-            data_files,
-            r'lib/systemd/system =\s*\n\s*etc/systemd/cachekeeper\.service')
+@pytest.fixture(scope='module')
+def unit():
+    return UnitFile(UNIT_PATH)
 
 
-class TestParseUnit(unittest.TestCase):
+def test_sections(unit):
+    assert set(unit.sections) == {'Unit', 'Service', 'Install'}
 
-    def test_repeated_keys_and_comments(self):
-        unit = parse_unit('# c\n[Unit]\nAfter=a\n; c\nAfter = b c\n')
-        self.assertEqual({'After': ['a', 'b c']}, unit['Unit'])
 
-    def test_refuses_continuation_lines(self):
-        self.assertRaises(ValueError, parse_unit,
-                          '[Service]\nExecStart=/bin/true \\\n  -x\n')
+def test_notify_from_the_forked_worker(unit):
+    assert unit.one('Service', 'Type') == 'notify'
+    assert unit.one('Service', 'NotifyAccess') == 'all'
+
+
+def test_runs_as_nova(unit):
+    assert unit.one('Service', 'User') == 'nova'
+    assert unit.one('Service', 'Group') == 'nova'
+
+
+def test_exec_start_reads_nova_conf_then_its_own(unit):
+    assert unit.one('Service', 'ExecStart').split() == (
+        [INSTALLED_EXEC,
+         '--config-file', '/etc/nova/nova.conf',
+         '--config-file', '/etc/cachekeeper/cachekeeper.conf'])
+
+
+def test_reload_is_sighup_to_the_main_process(unit):
+    assert unit.one('Service', 'ExecReload') == '/bin/kill -HUP $MAINPID'
+
+
+def test_restart_and_stop(unit):
+    assert unit.one('Service', 'Restart') == 'on-failure'
+    assert str(config.EXIT_CONFIG) == (
+        unit.one('Service', 'RestartPreventExitStatus'))
+    # The main process stops the threading backend's worker itself;
+    # the whole group gets only the final SIGKILL.
+    assert unit.one('Service', 'KillMode') == 'mixed'
+    timeout = unit.one('Service', 'TimeoutStopSec')
+    assert re.search(r'^\d+s?$', timeout)
+    assert int(timeout.rstrip('s')) > GRACEFUL_SHUTDOWN_TIMEOUT
+
+
+def test_file_system_is_read_only_but_for_the_daemon_paths(unit):
+    assert unit.one('Service', 'ProtectSystem') == 'strict'
+    writable = unit.words('Service', 'ReadWritePaths')
+    assert sorted(writable) == sorted(
+        [_option_default('instances_path'), _option_default('state_path')])
+    assert unit.one('Service', 'StateDirectory') == 'cachekeeper'
+    assert unit.one('Service', 'StateDirectoryMode') == '0700'
+    assert _option_default('state_path') == (
+        os.path.join('/var/lib', unit.one('Service', 'StateDirectory')))
+    assert unit.one('Service', 'PrivateTmp') == 'yes'
+    assert unit.one('Service', 'ProtectHome') == 'yes'
+    assert unit.one('Service', 'NoNewPrivileges') == 'yes'
+
+
+def test_only_capability_is_fowner(unit):
+    assert unit.words('Service', 'AmbientCapabilities') == ['CAP_FOWNER']
+    assert unit.words('Service', 'CapabilityBoundingSet') == ['CAP_FOWNER']
+
+
+def test_ordering(unit):
+    after = unit.words('Unit', 'After')
+    assert 'network-online.target' in after
+    assert 'network-online.target' in unit.words('Unit', 'Wants')
+    assert 'nova-compute.service' in after
+    assert 'openstack-nova-compute.service' in after
+    # cachekeeper must neither start nova-compute nor stop with it.
+    for key in ('Requires', 'Requisite', 'BindsTo', 'PartOf'):
+        assert not [unit for unit in unit.words('Unit', key)
+                    if 'nova' in unit], key
+    assert unit.words('Unit', 'RequiresMountsFor') == (
+        [_option_default('instances_path')])
+
+
+def test_documentation_and_install(unit):
+    assert re.search(r'^https://', unit.one('Unit', 'Documentation'))
+    assert unit.one('Install', 'WantedBy') == 'multi-user.target'
+
+
+def test_installed_by_pbr(unit):
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(REPO_ROOT, 'setup.cfg'))
+    data_files = setup['files']['data_files']
+    assert re.search(
+        r'lib/systemd/system =\s*\n\s*etc/systemd/cachekeeper\.service',
+        data_files)
+
+
+def test_repeated_keys_and_comments():
+    unit = parse_unit('# c\n[Unit]\nAfter=a\n; c\nAfter = b c\n')
+    assert unit['Unit'] == {'After': ['a', 'b c']}
+
+
+def test_refuses_continuation_lines():
+    with pytest.raises(ValueError):
+        parse_unit('[Service]\nExecStart=/bin/true \\\n  -x\n')
 
 
 def _existing_executable():
@@ -177,13 +183,16 @@ def _existing_executable():
     return shutil.which('cachekeeper') or sys.executable
 
 
-@unittest.skipUnless(shutil.which('systemd-analyze'),
-                     'systemd-analyze is not installed')
-class TestSystemdAnalyzeVerify(fixtures.TestWithFixtures, unittest.TestCase):
+requires_systemd_analyze = pytest.mark.skipif(
+    not shutil.which('systemd-analyze'),
+    reason='systemd-analyze is not installed')
 
-    def setUp(self):
-        super().setUp()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+class SystemdVerify:
+    """systemd-analyze verify, on a unit file written in ``tmp``."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
 
     def verify(self, text):
         path = os.path.join(self.tmp, 'cachekeeper.service')
@@ -201,19 +210,28 @@ class TestSystemdAnalyzeVerify(fixtures.TestWithFixtures, unittest.TestCase):
                     if 'cachekeeper.service' in line]
         return result.returncode, problems
 
-    def test_verify_is_clean(self):
-        with open(UNIT_PATH) as f:
-            text = f.read()
-        self.assertIn('ExecStart=%s ' % INSTALLED_EXEC, text)
-        # The package is not installed system-wide here: point ExecStart at
-        # an executable that exists, which is all verify checks about it.
-        text = text.replace('ExecStart=%s ' % INSTALLED_EXEC,
-                            'ExecStart=%s ' % _existing_executable())
-        self.assertEqual((0, []), self.verify(text))
 
-    def test_verify_reports_a_bad_key(self):
-        # The check above can fail: verify does report unit mistakes.
-        returncode, problems = self.verify(
-            '[Service]\nTyp=notify\nExecStart=%s\n' % sys.executable)
-        self.assertEqual(1, len(problems), problems)
-        self.assertIn("Unknown key 'Typ'", problems[0])
+@pytest.fixture
+def systemd_verify(tmp_path):
+    return SystemdVerify(str(tmp_path))
+
+
+@requires_systemd_analyze
+def test_verify_is_clean(systemd_verify):
+    with open(UNIT_PATH) as f:
+        text = f.read()
+    assert 'ExecStart=%s ' % INSTALLED_EXEC in text
+    # The package is not installed system-wide here: point ExecStart at
+    # an executable that exists, which is all verify checks about it.
+    text = text.replace('ExecStart=%s ' % INSTALLED_EXEC,
+                        'ExecStart=%s ' % _existing_executable())
+    assert systemd_verify.verify(text) == (0, [])
+
+
+@requires_systemd_analyze
+def test_verify_reports_a_bad_key(systemd_verify):
+    # The check above can fail: verify does report unit mistakes.
+    returncode, problems = systemd_verify.verify(
+        '[Service]\nTyp=notify\nExecStart=%s\n' % sys.executable)
+    assert len(problems) == 1, problems
+    assert "Unknown key 'Typ'" in problems[0]

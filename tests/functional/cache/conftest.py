@@ -17,6 +17,7 @@ import os
 import pytest
 
 from tests.lib import instances
+from tests.lib import locks as held_locks
 
 
 @pytest.fixture
@@ -32,3 +33,22 @@ def fake_bin(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setenv('PATH', '%s:%s' % (d, os.environ['PATH']))
     return d
+
+
+@pytest.fixture
+def held_lock():
+    """held_lock(lock_path, touch_on_release=()): another process holds it.
+
+    Returns the started locks.HeldLock; whatever still holds a lock is
+    stopped after the test.
+    """
+    held = []
+
+    def hold(lock_path, touch_on_release=()):
+        lock = held_locks.HeldLock(lock_path, touch_on_release).start()
+        held.append(lock)
+        return lock
+
+    yield hold
+    for lock in held:
+        lock.stop()

@@ -26,7 +26,7 @@ import subprocess
 import pytest
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
+from tests.lib import hosttree
 
 MiB = 1024 * 1024
 MINUTE = hosttree.MINUTE

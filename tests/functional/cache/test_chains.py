@@ -24,6 +24,7 @@ import pytest
 
 from cachekeeper.cache import chains
 from tests.lib import instances
+from tests.lib import qemu
 
 
 BACKING_FORMAT_EXTENSION = b'\xe2\x79\x2a\xca'
@@ -37,7 +38,7 @@ def test_every_disk_name_is_inspected(host):
              'disk.eph1': 'D', 'disk.swap': 'E', 'disk.rescue': 'F'}
     for disk, base in disks.items():
         host.overlay(inst / disk, host.cache / base)
-    instances.qemu_img('create', '-q', '-f', 'raw', inst / 'disk.config', '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', inst / 'disk.config', '1M')
     # Not a disk name and not in disk.info: never looked at.
     host.overlay(inst / 'console.log', host.cache / 'unused')
 
@@ -57,8 +58,8 @@ def test_relative_and_dotted_backing_names(host):
     host.base('A')
     host.base('B')
     inst = host.instance('inst')
-    instances.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-                       '../_base/A', inst / 'disk')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                  '../_base/A', inst / 'disk')
     host.overlay(inst / 'disk.local',
                  '%s/../_base/B' % (host.instances / 'inst'))
 
@@ -136,7 +137,7 @@ def test_backing_through_symlinked_directory(host):
 
 def test_unrecorded_raw_disk_needs_no_qemu_img(host):
     inst = host.instance('inst')
-    instances.qemu_img('create', '-q', '-f', 'raw', inst / 'disk', '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', inst / 'disk', '1M')
 
     usage = host.collect()
 
@@ -214,7 +215,7 @@ def test_vanished_middle_of_chain_protects_by_name(host, fake_bin, tmp_path):
         for last; do :; done
         case "$last" in */_base/Q) rm -f "$last"; exit 1;; esac
         exec %s "$@"
-    ''' % instances.QEMU_IMG)
+    ''' % qemu.QEMU_IMG)
 
     usage = host.collect()
 

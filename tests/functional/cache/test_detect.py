@@ -28,15 +28,15 @@ from oslo_utils.imageutils import format_inspector
 import pytest
 
 from cachekeeper.cache import inspect
-from tests.functional.cache import hosttree
+from tests.lib import qemu
 
 DISK_SIZE = 1024 * 1024
 
 
 def created(fmt, *options):
     def make(path):
-        hosttree.qemu_img('create', '-q', '-f', fmt, *options, path,
-                          DISK_SIZE)
+        qemu.qemu_img('create', '-q', '-f', fmt, *options, path,
+                      DISK_SIZE)
     return make
 
 
@@ -174,7 +174,7 @@ def detect(inspector, path):
 def qemu_img_probe(path):
     """The format qemu-img guesses, None if it cannot open the file."""
     process = subprocess.run(
-        [hosttree.QEMU_IMG, 'info', '--output=json', '--force-share',
+        [qemu.QEMU_IMG, 'info', '--output=json', '--force-share',
          str(path)], capture_output=True, timeout=30)
     if process.returncode:
         return None

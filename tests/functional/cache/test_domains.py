@@ -26,19 +26,18 @@ import socket
 import subprocess
 import sys
 import time
-import unittest
 from unittest import mock
 import uuid
 from xml.sax import saxutils
 
-import fixtures
 import libvirt
+import pytest
 
 from cachekeeper.cache import domains
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
-from tests.functional.cache import test_qemu_locks
+from tests.lib import qemu
 
 TEST_URI = 'test:///default'
 MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
@@ -98,19 +97,27 @@ def domain_xml(name, disks=(), image_id=None, domain_uuid=None):
             for index, (path, fmt) in enumerate(disks)))
 
 
-class TestDriver(fixtures.Fixture):
-    """Defines domains on this process's test:///default; undefines them."""
+class LibvirtTestDriver:
+    """Defines domains on this process's test:///default.
 
-    def _setUp(self):
+    close() undefines them.
+    """
+
+    def __init__(self):
         self.connection = libvirt.open(TEST_URI)
-        self.addCleanup(self.connection.close)
+        self.defined = []
 
     def define(self, xml, start=False):
         domain = self.connection.defineXML(xml)
-        self.addCleanup(self.undefine, domain)
+        self.defined.append(domain)
         if start:
             domain.create()
         return domain
+
+    def close(self):
+        for domain in reversed(self.defined):
+            self.undefine(domain)
+        self.connection.close()
 
     @staticmethod
     def undefine(domain):
@@ -123,17 +130,39 @@ class TestDriver(fixtures.Fixture):
                 raise
 
 
-class DomainsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+@pytest.fixture
+def driver():
+    driver = LibvirtTestDriver()
+    yield driver
+    driver.close()
 
-    def setUp(self):
-        super().setUp()
-        self.root = self.useFixture(fixtures.TempDir()).path
+
+@pytest.fixture
+def silent_socket(tmp_path):
+    """The path of a socket that is listened on and never answers."""
+    path = str(tmp_path / 'silent.sock')
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(path)
+    # Connections queue up and are never answered; closing the socket
+    # ends the call left waiting.
+    silent.listen(8)
+    yield path
+    silent.close()
+
+
+class Node:
+    """A compute node: an image cache, volumes outside it, and an Inventory
+    that asks the test driver's domains.
+    """
+
+    def __init__(self, root, driver):
+        self.root = root
         self.instances_path = os.path.join(self.root, 'instances')
         self.cache_dir = os.path.join(self.instances_path, '_base')
         self.volumes = os.path.join(self.root, 'volumes')
         os.makedirs(self.cache_dir)
         os.makedirs(self.volumes)
-        self.driver = self.useFixture(TestDriver())
+        self.driver = driver
         self.inventory = inventory.Inventory(
             self.instances_path, self.cache_dir, inspect.Inspector(),
             domain_source=domains.LibvirtSource(TEST_URI))
@@ -147,8 +176,8 @@ class DomainsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
 
     def overlay(self, name, backing):
         path = os.path.join(self.volumes, name)
-        test_qemu_locks.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw',
-                                 '-b', backing, path)
+        qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                      backing, path)
         return path
 
     def collect(self):
@@ -158,209 +187,216 @@ class DomainsTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         return {name: sorted(r.reason for r in references)
                 for name, references in usage.references.items()}
 
-    def test_disks_of_a_defined_domain_protect_their_chains(self):
-        disk = self.overlay('disk', self.base(BASE))
-        self.base(OTHER)
-        self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]))
-        usage = self.collect()
-        self.assertEqual(
-            {BASE: ['backing chain of %s (disk vda of libvirt domain %s)'
-                    % (disk, self.name)]},
-            self.reasons(usage))
-        self.assertEqual((disk, os.path.join(self.cache_dir, BASE)),
-                         usage.references_to(BASE)[0].chain)
-        self.assertEqual([], usage.doubts)
 
-    def test_an_undefined_domain_no_longer_protects(self):
-        disk = self.overlay('disk', self.base(BASE))
-        domain = self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]))
-        self.assertIn(BASE, self.collect().references)
-        domain.undefine()
-        self.assertEqual({}, self.collect().references)
-
-    def test_a_running_domain_protects_its_chain(self):
-        disk = self.overlay('disk', self.base(BASE))
-        self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]),
-                           start=True)
-        self.assertIn(BASE, self.collect().references)
-
-    def test_the_whole_chain_is_followed(self):
-        middle = os.path.join(self.cache_dir, OTHER)
-        test_qemu_locks.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw',
-                                 '-b', self.base(BASE), middle)
-        disk = os.path.join(self.volumes, 'disk')
-        test_qemu_locks.qemu_img('create', '-q', '-f', 'qcow2', '-F',
-                                 'qcow2', '-b', middle, disk)
-        self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]))
-        usage = self.collect()
-        self.assertEqual({BASE, OTHER}, set(usage.references))
-        self.assertEqual(
-            (disk, middle, os.path.join(self.cache_dir, BASE)),
-            usage.references_to(BASE)[0].chain)
-
-    def test_a_cache_file_used_as_a_disk_is_in_use_even_when_missing(self):
-        raw = self.base(BASE)
-        missing = os.path.join(self.cache_dir, OTHER)
-        self.driver.define(domain_xml(self.name, [(raw, 'raw'),
-                                                  (missing, 'raw')]))
-        self.assertEqual(
-            {BASE: ['disk vda of libvirt domain %s' % self.name],
-             OTHER: ['disk vdb of libvirt domain %s' % self.name]},
-            self.reasons(self.collect()))
-
-    def test_a_disk_reached_through_a_symlink_is_compared_by_real_path(self):
-        link = os.path.join(self.volumes, 'image')
-        os.symlink(self.base(BASE), link)
-        self.driver.define(domain_xml(self.name, [(link, 'raw')]))
-        self.assertEqual([BASE], list(self.collect().references))
-
-    def test_nova_metadata_protects_the_root_image(self):
-        self.base(ROOT_IMAGE)
-        self.base(ROOT_IMAGE + '_20')
-        self.base(OTHER)
-        self.driver.define(domain_xml(self.name, image_id=IMAGE_ID))
-        reason = 'root image %s in libvirt domain %s' % (IMAGE_ID, self.name)
-        self.assertEqual({ROOT_IMAGE: [reason], ROOT_IMAGE + '_20': [reason]},
-                         self.reasons(self.collect()))
-
-    def test_a_domain_defined_after_collect_is_found_by_recheck(self):
-        disk = self.overlay('disk', self.base(BASE))
-        self.assertEqual({}, self.collect().references)
-        self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]))
-        references, doubts = self.inventory.recheck(BASE)
-        self.assertEqual([disk], [r.source for r in references])
-        self.assertEqual([], doubts)
-
-    def test_an_unreadable_disk_is_a_doubt_about_its_chain(self):
-        disk = os.path.join(self.volumes, 'disk')
-        with open(disk, 'wb') as f:
-            f.write(b'QFI\xfb' + b'\0' * 60)
-        self.driver.define(domain_xml(self.name, [(disk, 'qcow2')]))
-        usage = self.collect()
-        self.assertEqual([disk], [d.source for d in usage.doubts])
-        self.assertIsNone(usage.doubts[0].names)
-
-    def test_a_storage_pool_volume_is_a_doubt(self):
-        xml = domain_xml(self.name).replace(
-            '<devices>',
-            "<devices><disk type='volume' device='disk'>"
-            "<driver name='qemu' type='qcow2'/>"
-            "<source pool='default' volume='vm.qcow2'/>"
-            "<target dev='vdb' bus='virtio'/></disk>")
-        self.driver.define(xml)
-        self.assertEqual(
-            [('libvirt domain %s' % self.name,
-              'disk vdb is the storage pool volume default/vm.qcow2', None)],
-            [(d.source, d.message, d.names) for d in self.collect().doubts])
-
-    def test_unreachable_libvirt_fails_closed(self):
-        uri = 'qemu+unix:///system?socket=%s' % os.path.join(self.root,
-                                                             'nothing')
-        self.inventory.domain_source = domains.LibvirtSource(uri)
-        self.base(BASE)
-        usage = self.collect()
-        self.assertEqual(1, len(usage.doubts))
-        doubt = usage.doubts[0]
-        self.assertEqual(('libvirt %s' % uri, None),
-                         (doubt.source, doubt.names))
-        self.assertIn('Failed to connect socket', doubt.message)
-        self.assertEqual([doubt], usage.doubts_about(BASE))
-
-    def test_a_libvirt_that_does_not_answer_fails_closed_in_time(self):
-        path = os.path.join(self.root, 'silent.sock')
-        silent = socket.socket(socket.AF_UNIX)
-        silent.bind(path)
-        # Connections queue up and are never answered; closing the socket
-        # ends the call left waiting.
-        silent.listen(8)
-        self.addCleanup(silent.close)
-        uri = 'qemu+unix:///system?socket=%s' % path
-        started = time.monotonic()
-        with self.assertRaises(domains.DomainsUnavailable) as raised:
-            domains.LibvirtSource(uri, timeout=0.5).domains()
-        self.assertLess(time.monotonic() - started, 5)
-        self.assertEqual('no answer within 0.5 s', raised.exception.message)
-
-    def test_the_timeout_holds_under_eventlet(self):
-        # The daemon's default backend: green threads cannot give up on a
-        # call that blocks in C.
-        path = os.path.join(self.root, 'silent.sock')
-        silent = socket.socket(socket.AF_UNIX)
-        silent.bind(path)
-        silent.listen(8)
-        self.addCleanup(silent.close)
-        process = subprocess.run(
-            [sys.executable, '-W', 'ignore', '-c', _LIST_UNDER_EVENTLET,
-             'qemu+unix:///system?socket=%s' % path],
-            capture_output=True, text=True, timeout=30)
-        self.assertEqual(0, process.returncode, process.stderr)
-        self.assertTrue(process.stdout.endswith(': no answer within 0.5 s\n'),
-                        process.stdout)
-
-    def test_without_the_libvirt_module_the_pass_fails_closed(self):
-        # An import of a module mapped to None fails, as if it were not
-        # installed.
-        with mock.patch.dict(sys.modules, libvirt=None):
-            with self.assertRaises(domains.DomainsUnavailable) as raised:
-                domains.LibvirtSource(TEST_URI).domains()
-        self.assertIn('libvirt-python', raised.exception.message)
-
-    def test_both_definitions_of_a_running_domain_count(self):
-        live = self.overlay('live', self.base(BASE))
-        next_boot = self.overlay('next', self.base(OTHER))
-        domain_uuid = str(uuid.uuid4())
-        self.driver.define(domain_xml(self.name, [(live, 'qcow2')],
-                                      domain_uuid=domain_uuid), start=True)
-        # A new persistent definition takes effect at the next start.
-        self.driver.connection.defineXML(domain_xml(
-            self.name, [(next_boot, 'qcow2')], domain_uuid=domain_uuid))
-        self.assertEqual({BASE, OTHER}, set(self.collect().references))
+@pytest.fixture
+def node(tmp_path, driver):
+    return Node(str(tmp_path), driver)
 
 
-class OrphansTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+def test_disks_of_a_defined_domain_protect_their_chains(node):
+    disk = node.overlay('disk', node.base(BASE))
+    node.base(OTHER)
+    node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]))
+    usage = node.collect()
+    assert node.reasons(usage) == (
+        {BASE: ['backing chain of %s (disk vda of libvirt domain %s)'
+                % (disk, node.name)]})
+    assert usage.references_to(BASE)[0].chain == (
+        disk, os.path.join(node.cache_dir, BASE))
+    assert usage.doubts == []
 
-    def setUp(self):
-        super().setUp()
-        self.root = self.useFixture(fixtures.TempDir()).path
-        self.driver = self.useFixture(TestDriver())
+
+def test_an_undefined_domain_no_longer_protects(node):
+    disk = node.overlay('disk', node.base(BASE))
+    domain = node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]))
+    assert BASE in node.collect().references
+    domain.undefine()
+    assert node.collect().references == {}
+
+
+def test_a_running_domain_protects_its_chain(node):
+    disk = node.overlay('disk', node.base(BASE))
+    node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]),
+                       start=True)
+    assert BASE in node.collect().references
+
+
+def test_the_whole_chain_is_followed(node):
+    middle = os.path.join(node.cache_dir, OTHER)
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw',
+                             '-b', node.base(BASE), middle)
+    disk = os.path.join(node.volumes, 'disk')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F',
+                             'qcow2', '-b', middle, disk)
+    node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]))
+    usage = node.collect()
+    assert set(usage.references) == {BASE, OTHER}
+    assert usage.references_to(BASE)[0].chain == (
+        disk, middle, os.path.join(node.cache_dir, BASE))
+
+
+def test_a_cache_file_used_as_a_disk_is_in_use_even_when_missing(node):
+    raw = node.base(BASE)
+    missing = os.path.join(node.cache_dir, OTHER)
+    node.driver.define(domain_xml(node.name, [(raw, 'raw'),
+                                              (missing, 'raw')]))
+    assert node.reasons(node.collect()) == (
+        {BASE: ['disk vda of libvirt domain %s' % node.name],
+         OTHER: ['disk vdb of libvirt domain %s' % node.name]})
+
+
+def test_a_disk_reached_through_a_symlink_is_compared_by_real_path(node):
+    link = os.path.join(node.volumes, 'image')
+    os.symlink(node.base(BASE), link)
+    node.driver.define(domain_xml(node.name, [(link, 'raw')]))
+    assert list(node.collect().references) == [BASE]
+
+
+def test_nova_metadata_protects_the_root_image(node):
+    node.base(ROOT_IMAGE)
+    node.base(ROOT_IMAGE + '_20')
+    node.base(OTHER)
+    node.driver.define(domain_xml(node.name, image_id=IMAGE_ID))
+    reason = 'root image %s in libvirt domain %s' % (IMAGE_ID, node.name)
+    assert node.reasons(node.collect()) == (
+        {ROOT_IMAGE: [reason], ROOT_IMAGE + '_20': [reason]})
+
+
+def test_a_domain_defined_after_collect_is_found_by_recheck(node):
+    disk = node.overlay('disk', node.base(BASE))
+    assert node.collect().references == {}
+    node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]))
+    references, doubts = node.inventory.recheck(BASE)
+    assert [r.source for r in references] == [disk]
+    assert doubts == []
+
+
+def test_an_unreadable_disk_is_a_doubt_about_its_chain(node):
+    disk = os.path.join(node.volumes, 'disk')
+    with open(disk, 'wb') as f:
+        f.write(b'QFI\xfb' + b'\0' * 60)
+    node.driver.define(domain_xml(node.name, [(disk, 'qcow2')]))
+    usage = node.collect()
+    assert [d.source for d in usage.doubts] == [disk]
+    assert usage.doubts[0].names is None
+
+
+def test_a_storage_pool_volume_is_a_doubt(node):
+    xml = domain_xml(node.name).replace(
+        '<devices>',
+        "<devices><disk type='volume' device='disk'>"
+        "<driver name='qemu' type='qcow2'/>"
+        "<source pool='default' volume='vm.qcow2'/>"
+        "<target dev='vdb' bus='virtio'/></disk>")
+    node.driver.define(xml)
+    assert [(d.source, d.message, d.names) for d in node.collect().doubts] == (
+        [('libvirt domain %s' % node.name,
+          'disk vdb is the storage pool volume default/vm.qcow2', None)])
+
+
+def test_unreachable_libvirt_fails_closed(node):
+    uri = 'qemu+unix:///system?socket=%s' % os.path.join(node.root,
+                                                         'nothing')
+    node.inventory.domain_source = domains.LibvirtSource(uri)
+    node.base(BASE)
+    usage = node.collect()
+    assert len(usage.doubts) == 1
+    doubt = usage.doubts[0]
+    assert ('libvirt %s' % uri, None) == (doubt.source, doubt.names)
+    assert 'Failed to connect socket' in doubt.message
+    assert usage.doubts_about(BASE) == [doubt]
+
+
+def test_a_libvirt_that_does_not_answer_fails_closed_in_time(node,
+                                                            silent_socket):
+    uri = 'qemu+unix:///system?socket=%s' % silent_socket
+    started = time.monotonic()
+    with pytest.raises(domains.DomainsUnavailable) as raised:
+        domains.LibvirtSource(uri, timeout=0.5).domains()
+    assert time.monotonic() - started < 5
+    assert raised.value.message == 'no answer within 0.5 s'
+
+
+def test_the_timeout_holds_under_eventlet(node, silent_socket):
+    # The daemon's default backend: green threads cannot give up on a
+    # call that blocks in C.
+    process = subprocess.run(
+        [sys.executable, '-W', 'ignore', '-c', _LIST_UNDER_EVENTLET,
+         'qemu+unix:///system?socket=%s' % silent_socket],
+        capture_output=True, text=True, timeout=30)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.endswith(': no answer within 0.5 s\n'), (
+        process.stdout)
+
+
+def test_without_the_libvirt_module_the_pass_fails_closed(node):
+    # An import of a module mapped to None fails, as if it were not
+    # installed.
+    with mock.patch.dict(sys.modules, libvirt=None):
+        with pytest.raises(domains.DomainsUnavailable) as raised:
+            domains.LibvirtSource(TEST_URI).domains()
+    assert 'libvirt-python' in raised.value.message
+
+
+def test_both_definitions_of_a_running_domain_count(node):
+    live = node.overlay('live', node.base(BASE))
+    next_boot = node.overlay('next', node.base(OTHER))
+    domain_uuid = str(uuid.uuid4())
+    node.driver.define(domain_xml(node.name, [(live, 'qcow2')],
+                                  domain_uuid=domain_uuid), start=True)
+    # A new persistent definition takes effect at the next start.
+    node.driver.connection.defineXML(domain_xml(
+        node.name, [(next_boot, 'qcow2')], domain_uuid=domain_uuid))
+    assert set(node.collect().references) == {BASE, OTHER}
+
+
+class OrphanTree:
+    """Instance directories, to match with the test driver's domains."""
+
+    def __init__(self, root, driver):
+        self.root = root
+        self.driver = driver
 
     def directory(self, name):
         path = os.path.join(self.root, name)
         os.mkdir(path)
         return path
 
-    def test_directories_and_domains_that_do_not_match(self):
-        by_uuid = str(uuid.uuid4())
-        used = self.directory(by_uuid)
-        resizing = self.directory(by_uuid + '_resize')
-        holding = self.directory('legacy-name')
-        disk = os.path.join(holding, 'disk')
-        open(disk, 'wb').close()
-        orphan = self.directory(str(uuid.uuid4()))
-        deleted = self.directory(str(uuid.uuid4()) + '_del')
-        missing = os.path.join(self.root, 'gone', 'disk')
-        self.driver.define(domain_xml('cachekeeper-a', domain_uuid=by_uuid))
-        self.driver.define(domain_xml('cachekeeper-b', [(disk, 'raw'),
-                                                        (missing, 'raw')]))
-        # Leave out the test driver's own domain.
-        defined = [domain for domain in
-                   domains.LibvirtSource(TEST_URI).domains()
-                   if domain.name.startswith('cachekeeper-')]
-        found = domains.orphans(
-            [used, resizing, holding, orphan, deleted], defined)
-        self.assertEqual((orphan, deleted), found.directories)
-        self.assertEqual(
-            (domains.MissingDisk(domain='cachekeeper-b', role='disk vdb',
-                                 path=missing),),
-            found.missing_disks)
+
+@pytest.fixture
+def orphan_tree(tmp_path, driver):
+    return OrphanTree(str(tmp_path), driver)
 
 
-class PassTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+def test_directories_and_domains_that_do_not_match(orphan_tree):
+    by_uuid = str(uuid.uuid4())
+    used = orphan_tree.directory(by_uuid)
+    resizing = orphan_tree.directory(by_uuid + '_resize')
+    holding = orphan_tree.directory('legacy-name')
+    disk = os.path.join(holding, 'disk')
+    open(disk, 'wb').close()
+    orphan = orphan_tree.directory(str(uuid.uuid4()))
+    deleted = orphan_tree.directory(str(uuid.uuid4()) + '_del')
+    missing = os.path.join(orphan_tree.root, 'gone', 'disk')
+    orphan_tree.driver.define(domain_xml('cachekeeper-a', domain_uuid=by_uuid))
+    orphan_tree.driver.define(domain_xml('cachekeeper-b', [(disk, 'raw'),
+                                                           (missing, 'raw')]))
+    # Leave out the test driver's own domain.
+    defined = [domain for domain in
+               domains.LibvirtSource(TEST_URI).domains()
+               if domain.name.startswith('cachekeeper-')]
+    found = domains.orphans(
+        [used, resizing, holding, orphan, deleted], defined)
+    assert found.directories == (orphan, deleted)
+    assert found.missing_disks == (
+        domains.MissingDisk(domain='cachekeeper-b', role='disk vdb',
+                            path=missing),)
+
+
+class DomainPass:
     """cachekeeper-manage cache pass with [inventory] libvirt_uri set."""
 
-    def setUp(self):
-        super().setUp()
-        root = self.useFixture(fixtures.TempDir()).path
+    def __init__(self, root):
         self.instances_path = os.path.join(root, 'instances')
         self.cache_dir = os.path.join(self.instances_path, '_base')
         state_path = os.path.join(root, 'state')
@@ -376,7 +412,7 @@ class PassTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         self.base = os.path.join(self.cache_dir, BASE)
         self.disk = os.path.join(root, 'volumes', 'disk')
         os.makedirs(os.path.dirname(self.disk))
-        test_qemu_locks.make_chain(self.base, self.disk)
+        qemu.make_chain(self.base, self.disk)
         self.age_base()
 
     def age_base(self):
@@ -394,31 +430,36 @@ class PassTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         return process, {os.path.basename(entry['path']): entry
                          for entry in json.loads(process.stdout)['files']}
 
-    def test_a_defined_domain_keeps_its_base_until_it_is_gone(self):
-        self.define_node(domain_xml('vm', [(self.disk, 'qcow2')]))
-        process, files = self.run_pass()
-        self.assertEqual(0, process.returncode, process.stderr)
-        self.assertEqual(
-            (facts.IN_USE,
-             'backing chain of %s (disk vda of libvirt domain vm)'
-             % self.disk),
-            (files[BASE]['verdict'], files[BASE]['reason']))
 
-        self.define_node(domain_xml('other'))
-        self.age_base()
-        process, files = self.run_pass()
-        self.assertEqual(0, process.returncode, process.stderr)
-        self.assertEqual(facts.QUEUED, files[BASE]['verdict'])
-        self.assertFalse(os.path.lexists(self.base))
+@pytest.fixture
+def domain_pass(tmp_path):
+    return DomainPass(str(tmp_path))
 
-    def test_unreachable_libvirt_keeps_everything_and_says_why(self):
-        process, files = self.run_pass()
-        # The pass is done, with an error: what it could not read.
-        self.assertEqual(1, process.returncode, process.stderr)
-        self.assertEqual(facts.KEPT, files[BASE]['verdict'])
-        self.assertIn('libvirt test://%s' % self.node_xml,
-                      files[BASE]['reason'])
-        warnings = [line for line in process.stderr.splitlines()
-                    if ' WARNING ' in line and 'libvirt test://' in line]
-        self.assertEqual(1, len(warnings), process.stderr)
-        self.assertTrue(os.path.isfile(self.base))
+
+def test_a_defined_domain_keeps_its_base_until_it_is_gone(domain_pass):
+    domain_pass.define_node(domain_xml('vm', [(domain_pass.disk, 'qcow2')]))
+    process, files = domain_pass.run_pass()
+    assert process.returncode == 0, process.stderr
+    assert (facts.IN_USE,
+            'backing chain of %s (disk vda of libvirt domain vm)'
+            % domain_pass.disk) == (
+        files[BASE]['verdict'], files[BASE]['reason'])
+
+    domain_pass.define_node(domain_xml('other'))
+    domain_pass.age_base()
+    process, files = domain_pass.run_pass()
+    assert process.returncode == 0, process.stderr
+    assert files[BASE]['verdict'] == facts.QUEUED
+    assert not os.path.lexists(domain_pass.base)
+
+
+def test_unreachable_libvirt_keeps_everything_and_says_why(domain_pass):
+    process, files = domain_pass.run_pass()
+    # The pass is done, with an error: what it could not read.
+    assert process.returncode == 1, process.stderr
+    assert files[BASE]['verdict'] == facts.KEPT
+    assert 'libvirt test://%s' % domain_pass.node_xml in files[BASE]['reason']
+    warnings = [line for line in process.stderr.splitlines()
+                if ' WARNING ' in line and 'libvirt test://' in line]
+    assert len(warnings) == 1, process.stderr
+    assert os.path.isfile(domain_pass.base)

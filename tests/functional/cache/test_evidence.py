@@ -25,6 +25,7 @@ import pytest
 from cachekeeper.cache import evidence
 from tests.lib import instances
 from tests.lib import nova
+from tests.lib import qemu
 
 
 def test_directory_with_unparseable_disk_info_is_read_again(host):
@@ -164,8 +165,8 @@ def test_next_pass_reads_only_what_changed(host):
     assert host.inspector.qemu_img_calls == calls
 
     # In place: the directory's times do not change, the disk's do.
-    instances.qemu_img('rebase', '-u', '-F', 'raw', '-b', host.cache / 'B',
-                       rebased / 'disk')
+    qemu.qemu_img('rebase', '-u', '-F', 'raw', '-b', host.cache / 'B',
+                  rebased / 'disk')
     host.overlay(host.instance('new') / 'disk', host.cache / 'C')
     assert instances.sources(instances.next_pass(host, memory)) == {
         'A': [str(same / 'disk')], 'B': [str(rebased / 'disk')],
@@ -194,7 +195,7 @@ def test_next_pass_reads_again_what_had_doubts(host, fake_bin, tmp_path):
     instances.install_fake_qemu_img(fake_bin, """
         [ -e %s ] && exit 1
         exec %s "$@"
-    """ % (failing, instances.QEMU_IMG))
+    """ % (failing, qemu.QEMU_IMG))
     inst = instances.instance_on_a(host)
     memory = evidence.Memory()
     first = instances.next_pass(host, memory)

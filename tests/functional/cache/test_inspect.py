@@ -14,7 +14,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,26 +25,20 @@ import pytest
 from cachekeeper.cache import inspect
 from cachekeeper import conf as ck_conf
 from tests.lib import instances
-
-QEMU_IMG = shutil.which('qemu-img')
-
-
-def qemu_img(*args):
-    subprocess.run(['qemu-img'] + list(args), check=True,
-                   capture_output=True, timeout=30)
+from tests.lib import qemu
 
 
 @pytest.fixture
 def images(tmp_path):
     d = tmp_path / 'img'
     d.mkdir()
-    qemu_img('create', '-q', '-f', 'raw', str(d / 'base.raw'), '1M')
-    qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', 'base.raw',
-             str(d / 'overlay.qcow2'))
-    qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-             str(d / 'base.raw'), str(d / 'overlay_abs.qcow2'))
-    qemu_img('create', '-q', '-f', 'qcow2', str(d / 'plain.qcow2'), '1M')
-    qemu_img('create', '-q', '-f', 'vmdk', str(d / 'plain.vmdk'), '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', str(d / 'base.raw'), '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', 'base.raw',
+                  str(d / 'overlay.qcow2'))
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                  str(d / 'base.raw'), str(d / 'overlay_abs.qcow2'))
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', str(d / 'plain.qcow2'), '1M')
+    qemu.qemu_img('create', '-q', '-f', 'vmdk', str(d / 'plain.vmdk'), '1M')
     return d
 
 
@@ -257,7 +250,7 @@ def test_detect_format_reads_a_bounded_prefix(tmp_path):
     # A qcow2 header at the very start of a large file: the answer comes
     # from the first chunks, whatever follows.
     image = tmp_path / 'big'
-    qemu_img('create', '-q', '-f', 'qcow2', str(image), '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', str(image), '1M')
     with open(image, 'ab') as f:
         f.truncate(64 * 1024 * 1024 * 1024)
     started = time.monotonic()
@@ -345,7 +338,7 @@ def test_timeout_under_eventlet(images, fake_bin, tmp_path):
     instances.install_fake_qemu_img(fake_bin, '''
         case "$*" in *hang*) echo $$ > %s; exec sleep 60;; esac
         exec %s "$@"
-    ''' % (pid_file, QEMU_IMG))
+    ''' % (pid_file, qemu.QEMU_IMG))
     hang = tmp_path / 'hang'
     hang.write_bytes(b'')
     script = textwrap.dedent('''

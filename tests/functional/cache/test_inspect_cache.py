@@ -24,7 +24,8 @@ from cachekeeper.cache import inspect
 from cachekeeper.cache import inspect_cache
 from cachekeeper.cache import inventory
 from cachekeeper.state import db
-from tests.functional.cache import hosttree
+from tests.lib import hosttree
+from tests.lib import qemu
 
 FOUND = ('base.raw', 'raw', None)
 QEMU_IMG_ONLY = (inspect_cache.QEMU_IMG,)
@@ -49,8 +50,8 @@ def state_db(tmp_path):
 def disk(tmp_path):
     (tmp_path / 'base.raw').write_bytes(b'')
     path = tmp_path / 'disk'
-    hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-                      'base.raw', path)
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                  'base.raw', path)
     return path
 
 
@@ -154,7 +155,7 @@ def inspector(state_db, method):
 
 
 @pytest.mark.parametrize('method,header_reads,qemu_img_calls', [
-    (inspect.AUTO, 1, 0), (inspect.QEMU_IMG, 0, 1)])
+    (inspect.AUTO, 1, 0), (inspect_cache.QEMU_IMG, 0, 1)])
 def test_inspector_asks_once_then_uses_the_cache(
         state_db, disk, method, header_reads, qemu_img_calls):
     first = inspector(state_db, method)
@@ -174,7 +175,7 @@ def test_qemu_img_method_does_not_trust_the_header_reader(state_db, disk):
     first = inspector(state_db, inspect.AUTO)
     first.inspect(str(disk), 'qcow2')
     first.save()
-    second = inspector(state_db, inspect.QEMU_IMG)
+    second = inspector(state_db, inspect_cache.QEMU_IMG)
     second.inspect(str(disk), 'qcow2')
     assert (second.cache_hits, second.qemu_img_calls) == (0, 1)
 
@@ -182,8 +183,8 @@ def test_qemu_img_method_does_not_trust_the_header_reader(state_db, disk):
 def test_auto_asks_qemu_img_what_the_reader_does_not_understand(
         state_db, tmp_path):
     path = tmp_path / 'disk'
-    hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-o',
-                      'extended_l2=on', path, '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-o',
+                  'extended_l2=on', path, '1M')
     auto = inspector(state_db, inspect.AUTO)
     info = auto.inspect(str(path), 'qcow2')
     assert info.backing_file is None
@@ -265,7 +266,7 @@ def test_migration_adds_detections_to_an_old_database(tmp_path, disk,
     state_db = db.open_state(str(state))
     try:
         assert state_db.query('PRAGMA user_version')[0][0] == 4
-        kept = inspector(state_db, inspect.QEMU_IMG)
+        kept = inspector(state_db, inspect_cache.QEMU_IMG)
         assert kept.inspect(str(disk), 'qcow2').backing_file == FOUND[0]
         assert detected(kept, disk) == ['qcow2']
         kept.save()
@@ -285,7 +286,7 @@ def counting_qemu_img(bin_dir, record):
     bin_dir.mkdir()
     script = bin_dir / 'qemu-img'
     script.write_text('#!/bin/sh\necho "$@" >> %s\nexec %s "$@"\n' % (
-        record, hosttree.QEMU_IMG))
+        record, qemu.QEMU_IMG))
     script.chmod(0o755)
     return str(bin_dir)
 
@@ -310,7 +311,7 @@ def host(tmp_path):
         with open(os.path.join(directory, 'disk.config'), 'wb') as f:
             f.write(b'QFI\xfb')
     # Until the racy window has passed, no answer may be kept.
-    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    time.sleep(evidence.RACY_SECONDS + 0.1)
     return host
 
 
@@ -357,25 +358,26 @@ def test_answers_of_directories_carried_over_are_kept(state_db, tmp_path):
     (cache_dir / 'base').write_bytes(b'')
     directory = tmp_path / 'instances' / 'instance'
     directory.mkdir()
-    hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-                      cache_dir / 'base', directory / 'disk')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                  cache_dir / 'base', directory / 'disk')
     past = time.time() - 3600
     for path in (directory, directory / 'disk'):
         os.utime(path, (past, past))
-    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    time.sleep(evidence.RACY_SECONDS + 0.1)
     # As the daemon's manager keeps them from pass to pass.
     memory = evidence.Memory()
     cache = inspect_cache.InspectionCache(state_db)
     passes = []
     for _ in range(2):
-        passes.append(inspect.Inspector(method=inspect.QEMU_IMG, cache=cache))
+        passes.append(inspect.Inspector(method=inspect_cache.QEMU_IMG,
+                                        cache=cache))
         inventory.Inventory(str(tmp_path / 'instances'), str(cache_dir),
                             passes[-1], memory=memory).collect(['base'])
     # The second pass carried the directory over without reading it.
     assert [(p.qemu_img_calls, p.cache_hits) for p in passes] == [
         (1, 0), (0, 0)]
 
-    fresh = inspector(state_db, inspect.QEMU_IMG)
+    fresh = inspector(state_db, inspect_cache.QEMU_IMG)
     fresh.inspect(str(directory / 'disk'), 'qcow2')
     assert (fresh.cache_hits, fresh.qemu_img_calls) == (1, 0)
 
@@ -389,18 +391,18 @@ def test_answers_about_deleted_instances_are_forgotten(state_db, tmp_path):
     for name in ('kept', 'deleted'):
         directory = instances / name
         directory.mkdir()
-        hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-                          cache_dir / 'base', directory / 'disk')
+        qemu.qemu_img('create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+                      cache_dir / 'base', directory / 'disk')
         for path in (directory, directory / 'disk'):
             os.utime(path, (past, past))
-    time.sleep(inspect_cache.RACY_SECONDS + 0.1)
+    time.sleep(evidence.RACY_SECONDS + 0.1)
     memory = evidence.Memory()
     cache = inspect_cache.InspectionCache(state_db)
 
     def run_pass():
         inventory.Inventory(
             str(instances), str(cache_dir),
-            inspect.Inspector(method=inspect.QEMU_IMG, cache=cache),
+            inspect.Inspector(method=inspect_cache.QEMU_IMG, cache=cache),
             memory=memory).collect(['base'])
         return len(state_db.query('SELECT ino FROM inspection'))
 

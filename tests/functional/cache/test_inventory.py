@@ -29,6 +29,7 @@ from cachekeeper.cache import evidence
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inventory
 from tests.lib import instances
+from tests.lib import qemu
 
 
 def test_cache_directory_is_a_symlink(tmp_path):
@@ -37,8 +38,8 @@ def test_cache_directory_is_a_symlink(tmp_path):
     instances_path = tmp_path / 'instances'
     instances_path.mkdir()
     os.symlink(real_cache, instances_path / '_base')
-    instances.qemu_img('create', '-q', '-f', 'raw', real_cache / 'A', '1M')
-    instances.qemu_img('create', '-q', '-f', 'raw', real_cache / 'B', '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', real_cache / 'A', '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', real_cache / 'B', '1M')
     (instances_path / 'inst').mkdir()
     instances.Host.overlay(instances_path / 'inst' / 'disk',
                            instances_path / '_base' / 'A')

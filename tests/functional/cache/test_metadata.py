@@ -22,6 +22,7 @@ import pytest
 from cachekeeper.cache import metadata
 from tests.lib import instances
 from tests.lib import nova
+from tests.lib import qemu
 
 
 def test_disk_info_raw_disk_is_never_inspected(host):
@@ -68,7 +69,7 @@ def test_libvirt_xml_protects_flat_disks(host, version):
                  '1' * 40):
         (host.cache / name).write_bytes(b'')
     inst = host.instance('inst')
-    instances.qemu_img('create', '-q', '-f', 'raw', inst / 'disk', '1M')
+    qemu.qemu_img('create', '-q', '-f', 'raw', inst / 'disk', '1M')
     host.disk_info(inst, {'disk': 'raw'})
     xml = inst / 'libvirt.xml'
     xml.write_text(

@@ -19,14 +19,12 @@ qemu-img decides.
 
 import os
 import random
-import subprocess
 
 import pytest
 
 from cachekeeper.cache import inspect
 from cachekeeper.cache import qcow2
-
-QEMU_IMG = inspect.Inspector(method=inspect.QEMU_IMG, timeout=30, workers=4)
+from tests.lib import qemu
 
 # Header fields (offset, size) and values that cross qemu's limits.
 FIELDS = ((4, 4), (8, 8), (16, 4), (20, 4), (24, 8), (32, 4), (36, 4),
@@ -36,49 +34,13 @@ VALUES = (0, 1, 2, 3, 8, 9, 16, 21, 22, 64, 104, 105, 112, 0x200, 0x210,
           0x10000, 0x10001)
 
 
-def qemu_img(*args):
-    subprocess.run(['qemu-img'] + [str(a) for a in args], check=True,
-                   capture_output=True, timeout=30)
-
-
-def read_header(path):
-    """(backing_file, backing_format), or None when the reader declines."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        header = qcow2.read(fd)
-    except qcow2.Unsupported:
-        return None
-    finally:
-        os.close(fd)
-    return header.backing_file, header.backing_format
-
-
 def ask_qemu_img(path):
     """(backing_file, backing_format), or None when qemu-img fails."""
     try:
-        info = QEMU_IMG.inspect(path, 'qcow2')
+        info = qemu.QEMU_IMG_INSPECTOR.inspect(path, 'qcow2')
     except inspect.InspectError:
         return None
     return info.backing_file, info.backing_format
-
-
-def assert_reader_agrees_with_qemu_img(root):
-    """Cross-check every qcow2 image under ``root``; return how many."""
-    images = []
-    for directory, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, 'rb') as f:
-                    if f.read(4) == qcow2.MAGIC:
-                        images.append(path)
-    read = {path: read_header(path) for path in images}
-    answers = QEMU_IMG.inspect_many(
-        (path, 'qcow2') for path, found in read.items() if found)
-    for path, answer in answers.items():
-        assert not isinstance(answer, inspect.InspectError), answer
-        assert read[path] == (answer.backing_file, answer.backing_format)
-    return len(images)
 
 
 def patch(path, offset, data):
@@ -111,19 +73,19 @@ def images(tmp_path, monkeypatch):
 
 
 def overlay(path, backing='base.raw', backing_fmt='raw', *options):
-    qemu_img('create', '-q', '-f', 'qcow2', *options, '-F', backing_fmt,
-             '-b', backing, path)
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', *options, '-F',
+                  backing_fmt, '-b', backing, path)
     return path
 
 
 def unsafe_overlay(path, backing, *options):
-    qemu_img('create', '-q', '-f', 'qcow2', '-u', *options, '-F', 'raw',
-             '-b', backing, path, '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-u', *options, '-F',
+                  'raw', '-b', backing, path, '1M')
     return path
 
 
 def plain(path, *options):
-    qemu_img('create', '-q', '-f', 'qcow2', *options, path, '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', *options, path, '1M')
     return path
 
 
@@ -187,9 +149,10 @@ DECLINED = [
     ('AES encryption',
      lambda d: patch(overlay(d / 'a.qcow2'), 32, (1).to_bytes(4, 'big'))),
     ('persistent bitmap',
-     lambda d: qemu_img('bitmap', '--add', plain(d / 'a.qcow2'), 'b0')),
+     lambda d: qemu.qemu_img('bitmap', '--add', plain(d / 'a.qcow2'), 'b0')),
     ('internal snapshot',
-     lambda d: qemu_img('snapshot', '-c', 's1', plain(d / 'a.qcow2'))),
+     lambda d: qemu.qemu_img('snapshot', '-c', 's1',
+                             plain(d / 'a.qcow2'))),
     ('corrupt',
      lambda d: set_bits(overlay(d / 'a.qcow2'), 72, 2)),
     ('unknown incompatible feature',
@@ -210,7 +173,7 @@ DECLINED = [
 def test_reader_agrees_with_qemu_img(images, name, make, expected):
     make(images)
     path = images / 'a.qcow2'
-    assert read_header(path) == expected(images)
+    assert qemu.read_header(path) == expected(images)
     assert ask_qemu_img(path) == expected(images)
 
 
@@ -220,7 +183,7 @@ def test_reader_leaves_to_qemu_img(images, name, make):
     make(images)
     path = images / 'base.raw' if name == 'raw file' else images / (
         'a.qcow2')
-    assert read_header(path) is None
+    assert qemu.read_header(path) is None
 
 
 def mutations(original, rng, flips):
@@ -253,12 +216,13 @@ def test_damaged_headers_are_read_only_as_qemu_img_reads_them(images,
         path = str(images / ('m%d.qcow2' % index))
         with open(path, 'wb') as f:
             f.write(damaged)
-        found = read_header(path)
+        found = qemu.read_header(path)
         if found is None:
             declined += 1
         else:
             read[path] = found
-    answers = QEMU_IMG.inspect_many((path, 'qcow2') for path in read)
+    answers = qemu.QEMU_IMG_INSPECTOR.inspect_many(
+        (path, 'qcow2') for path in read)
     for path, found in read.items():
         answer = answers[path]
         assert not isinstance(answer, inspect.InspectError), answer

@@ -21,8 +21,8 @@ lock files never do.
 import os
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
-from tests.functional.cache import test_locks
+from tests.lib import hosttree
+from tests.lib import locks as held_locks
 
 HOUR = hosttree.HOUR
 MINUTE = hosttree.MINUTE
@@ -88,7 +88,7 @@ def test_residue_whose_lock_is_held_is_not_touched(tmp_path):
     path = host.base(IMAGE + '.part', OLD)
     before = os.lstat(path)
     lock_path = os.path.join(host.locks_dir, 'nova-' + IMAGE)
-    with test_locks.HeldLock(lock_path):
+    with held_locks.HeldLock(lock_path):
         # The pass does not wait for the download: PASS_TIMEOUT would
         # fail it.
         process, report = host.run_pass()

@@ -33,8 +33,8 @@ import time
 import pytest
 
 from cachekeeper.cache import facts
-from tests.functional.cache import hosttree
-from tests.functional.cache import test_qcow2
+from tests.lib import hosttree
+from tests.lib import qemu
 
 MINUTE = hosttree.MINUTE
 HOUR = hosttree.HOUR
@@ -87,7 +87,7 @@ for arg; do
     esac
 done
 exec %s "$@"
-''' % (BAD_UUID, hosttree.QEMU_IMG)
+''' % (BAD_UUID, qemu.QEMU_IMG)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +231,8 @@ def external_data_file(host):
     data_file = host.base(UNUSED, OLD)
     disk = os.path.join(host.instances_path, UUID2, 'disk')
     os.makedirs(os.path.dirname(disk))
-    hosttree.qemu_img('create', '-q', '-f', 'qcow2', '-o',
-                      'data_file=%s,data_file_raw=on' % data_file, disk, '1M')
+    qemu.qemu_img('create', '-q', '-f', 'qcow2', '-o',
+                  'data_file=%s,data_file_raw=on' % data_file, disk, '1M')
     hosttree.set_age(data_file, OLD)
 
 
@@ -500,7 +500,7 @@ def test_scenario(scenario, tmp_path):
     scenario.build(host)
     # The header reader (inspect_method = auto) answers as qemu-img would
     # on every disk the scenario made.
-    test_qcow2.assert_reader_agrees_with_qemu_img(host.instances_path)
+    qemu.assert_reader_agrees_with_qemu_img(host.instances_path)
     path_prefix = None
     if scenario.fake_qemu_img:
         path_prefix = fake_qemu_img_dir(tmp_path / 'bin')

@@ -28,7 +28,7 @@ import sys
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
 from cachekeeper.scrub import reconcile
-from tests.functional.scrub import base
+from tests.lib import scrubtree
 
 FILES = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -36,15 +36,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
 
 
-class CrashTestCase(base.ScrubTestCase):
+class CrashTree(scrubtree.ScrubTree):
 
-    def setUp(self):
-        super().setUp()
+    def __init__(self, root):
+        super().__init__(root)
         self.write_config()
         self.contents = {}
         for number in range(FILES):
             content = os.urandom(4096 + number)
-            base_file = self.make_file(base.image_name(number), content)
+            base_file = self.make_file(scrubtree.image_name(number), content)
             self.contents[base_file.ino] = content
 
     def run_child(self, action, crash_at=None):
@@ -70,12 +70,12 @@ class CrashTestCase(base.ScrubTestCase):
                                env=dict(os.environ, PYTHONPATH=ROOT),
                                capture_output=True, text=True, timeout=60)
         expected = -signal.SIGKILL if crash_at else 0
-        self.assertEqual(expected, child.returncode, child.stderr)
+        assert expected == child.returncode, child.stderr
 
     def restart(self):
         """A fresh queue on the same state, reconciled as at start-up."""
         scrub_queue = self.make_queue()
-        scrub_queue.reconcile(base.NOW)
+        scrub_queue.reconcile(scrubtree.NOW)
         return scrub_queue
 
     def assert_consistent(self, scrub_queue):
@@ -83,45 +83,42 @@ class CrashTestCase(base.ScrubTestCase):
         in_cache = self.inodes(self.cache_dir)
         in_quarantine = self.inodes(self.host_dir())
         for ino, content in self.contents.items():
-            with self.subTest(ino=ino):
-                active = [e for e in entries if e.ino == ino
-                          and e.state in scrub_entries.ACTIVE_STATES]
-                drained = [e for e in entries if e.ino == ino
-                           and e.state == scrub_entries.DRAINED]
-                if ino in in_cache:
-                    self.assertNotIn(ino, in_quarantine)
-                    self.assertEqual(([], []), (active, drained))
-                    self.assertEqual(content, self.read(in_cache[ino]))
-                elif ino in in_quarantine:
-                    self.assertEqual([], drained)
-                    [entry] = active
-                    self.assertIn(entry.state,
-                                  (scrub_entries.QUEUED, scrub_entries.PARKED))
-                    self.assertEqual(in_quarantine[ino],
-                                     entry.quarantine_path)
-                    self.assertEqual(content, self.read(entry.quarantine_path))
-                else:
-                    self.assertEqual([], active)
-                    self.assertEqual(1, len(drained))
+            active = [e for e in entries if e.ino == ino
+                      and e.state in scrub_entries.ACTIVE_STATES]
+            drained = [e for e in entries if e.ino == ino
+                       and e.state == scrub_entries.DRAINED]
+            if ino in in_cache:
+                assert ino not in in_quarantine
+                assert (active, drained) == ([], [])
+                assert content == self.read(in_cache[ino])
+            elif ino in in_quarantine:
+                assert drained == []
+                [entry] = active
+                assert entry.state in (
+                    scrub_entries.QUEUED, scrub_entries.PARKED)
+                assert in_quarantine[ino] == entry.quarantine_path
+                assert content == self.read(entry.quarantine_path)
+            else:
+                assert active == []
+                assert len(drained) == 1
         # Nothing in quarantine that the queue does not know, and no entry
         # left in a transitional state.
-        self.assertLessEqual(set(in_cache) | set(in_quarantine),
-                             set(self.contents))
-        self.assertEqual([], [e for e in entries if e.state in (
+        assert set(in_cache) | set(in_quarantine) <= set(self.contents)
+        assert [e for e in entries if e.state in (
             scrub_entries.QUARANTINING, scrub_entries.DRAINING,
-            scrub_entries.RESTORING)])
+            scrub_entries.RESTORING)] == []
 
     def assert_completes(self, scrub_queue):
         """After the restart, the work can be finished and is done once."""
         self.run_child('quarantine')
-        scrub_queue.drain(base.NOW, 0, 3, ignore_delay=True)
-        self.assertEqual([], os.listdir(self.cache_dir))
-        self.assertEqual([], os.listdir(self.host_dir()))
+        scrub_queue.drain(scrubtree.NOW, 0, 3, ignore_delay=True)
+        assert os.listdir(self.cache_dir) == []
+        assert os.listdir(self.host_dir()) == []
         entries = scrub_queue.entries()
         for ino in self.contents:
-            self.assertEqual(1, len([
+            assert len([
                 e for e in entries
-                if e.ino == ino and e.state == scrub_entries.DRAINED]))
+                if e.ino == ino and e.state == scrub_entries.DRAINED]) == 1
 
     def inodes(self, directory):
         found = {}
@@ -134,77 +131,84 @@ class CrashTestCase(base.ScrubTestCase):
         with open(path, 'rb') as f:
             return f.read()
 
-    def test_crash_steps_are_documented(self):
-        for step in queue.CRASH_STEPS:
-            self.assertIn('``%s``' % step, queue.__doc__)
 
-    def test_quarantine_recorded(self):
-        self.run_child('quarantine', 'quarantine-recorded')
-        self.assertEqual(FILES, len(os.listdir(self.cache_dir)))
-        scrub_queue = self.restart()
-        [entry] = scrub_queue.entries()
-        self.assertEqual(scrub_entries.ROLLED_BACK, entry.state)
-        self.assert_consistent(scrub_queue)
-        self.assert_completes(scrub_queue)
+scrub = scrubtree.tree_fixture(CrashTree)
 
-    def test_quarantine_renamed(self):
-        self.run_child('quarantine', 'quarantine-renamed')
-        self.assertEqual(FILES - 1, len(os.listdir(self.cache_dir)))
-        scrub_queue = self.restart()
-        [entry] = scrub_queue.entries()
-        self.assertEqual(scrub_entries.QUEUED, entry.state)
-        self.assert_consistent(scrub_queue)
-        self.assert_completes(scrub_queue)
 
-    def test_drain_claimed(self):
-        self.run_child('quarantine')
-        self.run_child('drain', 'drain-claimed')
-        scrub_queue = self.restart()
-        self.assertEqual([scrub_entries.QUEUED] * FILES,
-                         [e.state for e in scrub_queue.entries()])
-        self.assert_consistent(scrub_queue)
-        self.assert_completes(scrub_queue)
+def test_crash_steps_are_documented(scrub):
+    for step in queue.CRASH_STEPS:
+        assert '``%s``' % step in queue.__doc__
 
-    def test_drain_unlinked(self):
-        self.run_child('quarantine')
-        self.run_child('drain', 'drain-unlinked')
-        scrub_queue = self.restart()
-        self.assertEqual(
-            [scrub_entries.DRAINED] + [scrub_entries.QUEUED] * (FILES - 1),
-            [e.state for e in scrub_queue.entries()])
-        self.assert_consistent(scrub_queue)
-        self.assert_completes(scrub_queue)
 
-    def test_restore_recorded(self):
-        self.run_child('quarantine')
-        self.run_child('restore', 'restore-recorded')
-        scrub_queue = self.restart()
-        entries = scrub_queue.entries()
-        # An interrupted restore keeps the file, waiting for the operator.
-        self.assertEqual(
-            [scrub_entries.PARKED] + [scrub_entries.QUEUED] * (FILES - 1),
-            [e.state for e in entries])
-        self.assert_consistent(scrub_queue)
-        self.assertEqual(scrub_entries.RESTORED,
-                         scrub_queue.restore(entries[0].id, base.NOW).state)
-        self.assert_consistent(scrub_queue)
+def test_quarantine_recorded(scrub):
+    scrub.run_child('quarantine', 'quarantine-recorded')
+    assert len(os.listdir(scrub.cache_dir)) == FILES
+    scrub_queue = scrub.restart()
+    [entry] = scrub_queue.entries()
+    assert entry.state == scrub_entries.ROLLED_BACK
+    scrub.assert_consistent(scrub_queue)
+    scrub.assert_completes(scrub_queue)
 
-    def test_restore_renamed(self):
-        self.run_child('quarantine')
-        self.run_child('restore', 'restore-renamed')
-        scrub_queue = self.restart()
-        entries = scrub_queue.entries()
-        self.assertEqual(
-            [scrub_entries.RESTORED] + [scrub_entries.QUEUED] * (FILES - 1),
-            [e.state for e in entries])
-        self.assertEqual(base.OLD_MTIME_NS,
-                         os.lstat(entries[0].path).st_mtime_ns)
-        self.assert_consistent(scrub_queue)
 
-    def test_reconcile_twice_changes_nothing_more(self):
-        self.run_child('quarantine', 'quarantine-renamed')
-        scrub_queue = self.restart()
-        before = scrub_queue.entries()
-        self.assertEqual(reconcile.ReconcileResult(),
-                         scrub_queue.reconcile(base.NOW + 1))
-        self.assertEqual(before, scrub_queue.entries())
+def test_quarantine_renamed(scrub):
+    scrub.run_child('quarantine', 'quarantine-renamed')
+    assert FILES - 1 == len(os.listdir(scrub.cache_dir))
+    scrub_queue = scrub.restart()
+    [entry] = scrub_queue.entries()
+    assert entry.state == scrub_entries.QUEUED
+    scrub.assert_consistent(scrub_queue)
+    scrub.assert_completes(scrub_queue)
+
+
+def test_drain_claimed(scrub):
+    scrub.run_child('quarantine')
+    scrub.run_child('drain', 'drain-claimed')
+    scrub_queue = scrub.restart()
+    assert [scrub_entries.QUEUED] * FILES == (
+        [e.state for e in scrub_queue.entries()])
+    scrub.assert_consistent(scrub_queue)
+    scrub.assert_completes(scrub_queue)
+
+
+def test_drain_unlinked(scrub):
+    scrub.run_child('quarantine')
+    scrub.run_child('drain', 'drain-unlinked')
+    scrub_queue = scrub.restart()
+    assert [scrub_entries.DRAINED] + [scrub_entries.QUEUED] * (FILES - 1) == (
+        [e.state for e in scrub_queue.entries()])
+    scrub.assert_consistent(scrub_queue)
+    scrub.assert_completes(scrub_queue)
+
+
+def test_restore_recorded(scrub):
+    scrub.run_child('quarantine')
+    scrub.run_child('restore', 'restore-recorded')
+    scrub_queue = scrub.restart()
+    entries = scrub_queue.entries()
+    # An interrupted restore keeps the file, waiting for the operator.
+    assert [scrub_entries.PARKED] + [scrub_entries.QUEUED] * (FILES - 1) == (
+        [e.state for e in entries])
+    scrub.assert_consistent(scrub_queue)
+    assert scrub_queue.restore(entries[0].id, scrubtree.NOW).state == (
+        scrub_entries.RESTORED)
+    scrub.assert_consistent(scrub_queue)
+
+
+def test_restore_renamed(scrub):
+    scrub.run_child('quarantine')
+    scrub.run_child('restore', 'restore-renamed')
+    scrub_queue = scrub.restart()
+    entries = scrub_queue.entries()
+    assert [scrub_entries.RESTORED] + [scrub_entries.QUEUED] * (FILES - 1) == (
+        [e.state for e in entries])
+    assert os.lstat(entries[0].path).st_mtime_ns == scrubtree.OLD_MTIME_NS
+    scrub.assert_consistent(scrub_queue)
+
+
+def test_reconcile_twice_changes_nothing_more(scrub):
+    scrub.run_child('quarantine', 'quarantine-renamed')
+    scrub_queue = scrub.restart()
+    before = scrub_queue.entries()
+    assert scrub_queue.reconcile(scrubtree.NOW + 1) == (
+        reconcile.ReconcileResult())
+    assert before == scrub_queue.entries()

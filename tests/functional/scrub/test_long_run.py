@@ -21,8 +21,10 @@ import gc
 import os
 import sys
 
+import pytest
+
 from cachekeeper.scrub import entries as scrub_entries
-from tests.functional.scrub import base
+from tests.lib import scrubtree
 
 CYCLES = 10000
 WARM_UP = 1000
@@ -55,38 +57,40 @@ def rss():
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
-class LongRunTestCase(base.ScrubTestCase):
+@pytest.fixture
+def recursion_limit():
+    """The recursion limit, as it was before the test, after it."""
+    limit = sys.getrecursionlimit()
+    yield limit
+    sys.setrecursionlimit(limit)
 
-    def setUp(self):
-        super().setUp()
-        limit = sys.getrecursionlimit()
-        self.addCleanup(sys.setrecursionlimit, limit)
 
-    def cycle(self, number):
-        now = base.NOW + number * TICK
-        if number % 10 == 0:
-            base_file = self.make_file(base.image_name(number))
-            self.quarantine(base_file, now=now)
-        return self.queue.drain(now, SCRUB_DELAY, 3)
+def cycle(scrub, number):
+    now = scrubtree.NOW + number * TICK
+    if number % 10 == 0:
+        base_file = scrub.make_file(scrubtree.image_name(number))
+        scrub.quarantine(base_file, now=now)
+    return scrub.queue.drain(now, SCRUB_DELAY, 3)
 
-    def test_drain_cycles_stay_flat(self):
-        sys.setrecursionlimit(stack_depth() + STACK_ALLOWANCE)
-        drained = 0
-        for number in range(WARM_UP):
-            drained += self.cycle(number).drained
-        gc.collect()
-        fds, memory, blocks = open_fds(), rss(), sys.getallocatedblocks()
-        for number in range(WARM_UP, CYCLES):
-            result = self.cycle(number)
-            self.assertEqual([], result.errors)
-            drained += result.drained
-        gc.collect()
-        self.assertEqual(fds, open_fds())
-        self.assertLess(rss() - memory, RSS_ALLOWANCE)
-        # Python objects, however small, that outlive their cycle.
-        self.assertLess(sys.getallocatedblocks() - blocks, BLOCKS_ALLOWANCE)
-        # Every file was drained (each waits only half of the ten cycles
-        # between two files), and once.
-        files = CYCLES // 10
-        self.assertEqual(files, drained)
-        self.assertEqual({scrub_entries.DRAINED: files}, self.queue.counts())
+
+def test_drain_cycles_stay_flat(scrub, recursion_limit):
+    sys.setrecursionlimit(stack_depth() + STACK_ALLOWANCE)
+    drained = 0
+    for number in range(WARM_UP):
+        drained += cycle(scrub, number).drained
+    gc.collect()
+    fds, memory, blocks = open_fds(), rss(), sys.getallocatedblocks()
+    for number in range(WARM_UP, CYCLES):
+        result = cycle(scrub, number)
+        assert result.errors == []
+        drained += result.drained
+    gc.collect()
+    assert fds == open_fds()
+    assert rss() - memory < RSS_ALLOWANCE
+    # Python objects, however small, that outlive their cycle.
+    assert sys.getallocatedblocks() - blocks < BLOCKS_ALLOWANCE
+    # Every file was drained (each waits only half of the ten cycles
+    # between two files), and once.
+    files = CYCLES // 10
+    assert files == drained
+    assert scrub.queue.counts() == {scrub_entries.DRAINED: files}

@@ -17,14 +17,14 @@ import os
 from cachekeeper.cache import facts
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import reconcile
-from tests.functional.scrub import base
+from tests.lib import scrubtree
 
-NOW = base.NOW
+NOW = scrubtree.NOW
 HOUR = 3600
 DELAY = 1800
 
 
-class ReconcileTestCase(base.ScrubTestCase):
+class ReconcileTree(scrubtree.ScrubTree):
 
     def place_in_quarantine(self, quarantine_name, content=b'orphan'):
         path = os.path.join(self.host_dir(), quarantine_name)
@@ -32,59 +32,65 @@ class ReconcileTestCase(base.ScrubTestCase):
             f.write(content)
         return path
 
-    def test_file_without_entry_is_adopted_not_deleted(self):
-        name = base.image_name(1)
-        path = self.place_in_quarantine('7-' + name)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.adopted)
-        [entry] = self.queue.entries()
-        self.assertEqual(
-            (name, os.path.join(self.cache_dir, name), path, facts.ORIGINAL,
-             scrub_entries.QUEUED, NOW, os.lstat(path).st_ino),
-            (entry.name, entry.path, entry.quarantine_path, entry.kind,
-             entry.state, entry.queued_at, entry.ino))
-        self.assertTrue(os.path.exists(path))
-        # Adopted once only.
-        self.assertEqual(0, self.queue.reconcile(NOW).adopted)
-        self.assertEqual(1, len(self.queue.entries()))
-        # It waits for the scrub delay like any other entry.
-        self.assertEqual(0, self.queue.drain(NOW + DELAY - 1, DELAY,
-                                             3).drained)
-        # And it can be restored.
-        self.queue.restore(entry.id, NOW)
-        self.assertEqual([name], self.cache_names())
 
-    def test_adopted_file_without_entry_id_keeps_its_name(self):
-        self.place_in_quarantine('stray')
-        self.queue.reconcile(NOW)
-        [entry] = self.queue.entries()
-        self.assertEqual(('stray', facts.FOREIGN), (entry.name, entry.kind))
+scrub = scrubtree.tree_fixture(ReconcileTree)
 
-    def test_non_files_in_quarantine_are_left_alone(self):
-        os.mkdir(os.path.join(self.host_dir(), 'a-directory'))
-        os.symlink('/etc/hostname', os.path.join(self.host_dir(), 'a-link'))
-        self.assertEqual(0, self.queue.reconcile(NOW).adopted)
-        self.assertEqual(['a-directory', 'a-link'], self.quarantined_names())
 
-    def test_entry_whose_file_is_back_in_the_cache_is_rolled_back(self):
-        entry = self.quarantine(self.make_file(base.image_name(1)))
-        os.rename(entry.quarantine_path, entry.path)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.rolled_back)
-        self.assertEqual(scrub_entries.ROLLED_BACK,
-                         self.queue.entry(entry.id).state)
+def test_file_without_entry_is_adopted_not_deleted(scrub):
+    name = scrubtree.image_name(1)
+    path = scrub.place_in_quarantine('7-' + name)
+    result = scrub.queue.reconcile(NOW)
+    assert result.adopted == 1
+    [entry] = scrub.queue.entries()
+    assert (name, os.path.join(scrub.cache_dir, name), path, facts.ORIGINAL,
+            scrub_entries.QUEUED, NOW, os.lstat(path).st_ino) == (
+        entry.name, entry.path, entry.quarantine_path, entry.kind,
+        entry.state, entry.queued_at, entry.ino)
+    assert os.path.exists(path)
+    # Adopted once only.
+    assert scrub.queue.reconcile(NOW).adopted == 0
+    assert len(scrub.queue.entries()) == 1
+    # It waits for the scrub delay like any other entry.
+    assert scrub.queue.drain(NOW + DELAY - 1, DELAY,
+                             3).drained == 0
+    # And it can be restored.
+    scrub.queue.restore(entry.id, NOW)
+    assert [name] == scrub.cache_names()
 
-    def test_entry_whose_file_is_gone_is_drained(self):
-        entry = self.quarantine(self.make_file(base.image_name(1)))
-        os.unlink(entry.quarantine_path)
-        result = self.queue.reconcile(NOW)
-        self.assertEqual(1, result.drained)
-        self.assertEqual(scrub_entries.DRAINED,
-                         self.queue.entry(entry.id).state)
 
-    def test_consistent_queue_is_left_as_it_is(self):
-        entries = [self.quarantine(self.make_file(base.image_name(n)))
-                   for n in range(3)]
-        result = self.queue.reconcile(NOW + HOUR)
-        self.assertEqual(reconcile.ReconcileResult(), result)
-        self.assertEqual(entries, self.queue.entries())
+def test_adopted_file_without_entry_id_keeps_its_name(scrub):
+    scrub.place_in_quarantine('stray')
+    scrub.queue.reconcile(NOW)
+    [entry] = scrub.queue.entries()
+    assert (entry.name, entry.kind) == ('stray', facts.FOREIGN)
+
+
+def test_non_files_in_quarantine_are_left_alone(scrub):
+    os.mkdir(os.path.join(scrub.host_dir(), 'a-directory'))
+    os.symlink('/etc/hostname', os.path.join(scrub.host_dir(), 'a-link'))
+    assert scrub.queue.reconcile(NOW).adopted == 0
+    assert scrub.quarantined_names() == ['a-directory', 'a-link']
+
+
+def test_entry_whose_file_is_back_in_the_cache_is_rolled_back(scrub):
+    entry = scrub.quarantine(scrub.make_file(scrubtree.image_name(1)))
+    os.rename(entry.quarantine_path, entry.path)
+    result = scrub.queue.reconcile(NOW)
+    assert result.rolled_back == 1
+    assert scrub.queue.entry(entry.id).state == scrub_entries.ROLLED_BACK
+
+
+def test_entry_whose_file_is_gone_is_drained(scrub):
+    entry = scrub.quarantine(scrub.make_file(scrubtree.image_name(1)))
+    os.unlink(entry.quarantine_path)
+    result = scrub.queue.reconcile(NOW)
+    assert result.drained == 1
+    assert scrub.queue.entry(entry.id).state == scrub_entries.DRAINED
+
+
+def test_consistent_queue_is_left_as_it_is(scrub):
+    entries = [scrub.quarantine(scrub.make_file(scrubtree.image_name(n)))
+               for n in range(3)]
+    result = scrub.queue.reconcile(NOW + HOUR)
+    assert result == reconcile.ReconcileResult()
+    assert entries == scrub.queue.entries()

@@ -10,12 +10,13 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import contextlib
 import os
 import sqlite3
 import stat
-import unittest
+import tempfile
 
-import fixtures
+import pytest
 
 from cachekeeper.state import db
 
@@ -26,153 +27,171 @@ def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-class OpenStateTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+class StateDir:
+    """A state_path; open_state() opens it, closed after the test."""
 
-    def setUp(self):
-        super().setUp()
-        self.state_path = self.useFixture(fixtures.TempDir()).path
+    def __init__(self, state_path):
+        self.state_path = state_path
         self.db_path = os.path.join(self.state_path, db.DATABASE_FILE)
+        self.opened = []
 
     def open_state(self):
         state_db = db.open_state(self.state_path)
-        self.addCleanup(state_db.close)
+        self.opened.append(state_db)
         return state_db
 
-    def test_creates_a_private_database_in_wal_mode(self):
-        state_db = self.open_state()
-        with state_db.transaction() as connection:
-            connection.execute(
-                "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 1)")
-        self.assertEqual(0o600, mode(self.db_path))
-        # SQLite gives its side files the database's mode.
-        self.assertEqual(0o600, mode(self.db_path + '-wal'))
-        self.assertEqual(0o600, mode(self.db_path + '-shm'))
-        self.assertEqual('wal', state_db.query('PRAGMA journal_mode')[0][0])
-        # 2 is FULL.
-        self.assertEqual(2, state_db.query('PRAGMA synchronous')[0][0])
-        self.assertEqual(db.schema_version(),
-                         state_db.query('PRAGMA user_version')[0][0])
+    def close(self):
+        for state_db in reversed(self.opened):
+            state_db.close()
 
-    def test_an_existing_database_is_made_private(self):
-        self.open_state().close()
-        os.chmod(self.db_path, 0o644)
-        self.open_state()
-        self.assertEqual(0o600, mode(self.db_path))
 
-    def test_writes_are_visible_to_another_connection(self):
-        first = self.open_state()
-        second = self.open_state()
-        with first.transaction() as connection:
-            connection.execute(
-                "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 1)")
-        self.assertEqual([('a',)], [tuple(row) for row in second.query(
-            'SELECT name FROM ledger')])
+@pytest.fixture
+def state():
+    # Not in tmp_path: another user must reach it (its parent is private).
+    with tempfile.TemporaryDirectory() as state_path:
+        state = StateDir(state_path)
+        yield state
+        state.close()
 
-    def test_failed_transaction_is_rolled_back(self):
-        state_db = self.open_state()
-        with self.assertRaises(ZeroDivisionError):
-            with state_db.transaction() as connection:
-                connection.execute("INSERT INTO ledger (name) VALUES ('a')")
-                1 / 0
-        self.assertEqual([], state_db.query('SELECT name FROM ledger'))
 
-    def test_sql_errors_become_state_errors(self):
-        state_db = self.open_state()
-        with self.assertRaisesRegex(db.StateError, 'no such table'):
-            with state_db.transaction() as connection:
-                connection.execute('INSERT INTO missing_table VALUES (1)')
-        # The connection is usable afterwards.
+def test_creates_a_private_database_in_wal_mode(state):
+    state_db = state.open_state()
+    with state_db.transaction() as connection:
+        connection.execute(
+            "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 1)")
+    assert mode(state.db_path) == 0o600
+    # SQLite gives its side files the database's mode.
+    assert mode(state.db_path + '-wal') == 0o600
+    assert mode(state.db_path + '-shm') == 0o600
+    assert state_db.query('PRAGMA journal_mode')[0][0] == 'wal'
+    # 2 is FULL.
+    assert state_db.query('PRAGMA synchronous')[0][0] == 2
+    assert db.schema_version() == state_db.query('PRAGMA user_version')[0][0]
+
+
+def test_an_existing_database_is_made_private(state):
+    state.open_state().close()
+    os.chmod(state.db_path, 0o644)
+    state.open_state()
+    assert mode(state.db_path) == 0o600
+
+
+def test_writes_are_visible_to_another_connection(state):
+    first = state.open_state()
+    second = state.open_state()
+    with first.transaction() as connection:
+        connection.execute(
+            "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 1)")
+    assert [tuple(row) for row in second.query(
+        'SELECT name FROM ledger')] == [('a',)]
+
+
+def test_failed_transaction_is_rolled_back(state):
+    state_db = state.open_state()
+    with pytest.raises(ZeroDivisionError):
         with state_db.transaction() as connection:
             connection.execute("INSERT INTO ledger (name) VALUES ('a')")
+            1 / 0
+    assert state_db.query('SELECT name FROM ledger') == []
 
-    def test_newer_schema_is_refused(self):
-        self.open_state().close()
-        connection = sqlite3.connect(self.db_path)
-        connection.execute('PRAGMA user_version = %d'
-                           % (db.schema_version() + 1))
-        connection.close()
-        with self.assertRaises(db.StateError) as caught:
-            db.open_state(self.state_path)
-        message = str(caught.exception)
-        self.assertIn('schema version %d' % (db.schema_version() + 1),
-                      message)
-        self.assertIn('newer release', message)
-        self.assertNotIn('\n', message)
 
-    def test_migrations_run_forward_and_keep_the_data(self):
-        state_db = self.open_state()
+def test_sql_errors_become_state_errors(state):
+    state_db = state.open_state()
+    with pytest.raises(db.StateError, match='no such table'):
         with state_db.transaction() as connection:
-            connection.execute(
-                "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 7)")
-        state_db.close()
-        newer = db.MIGRATIONS + (
-            ('ALTER TABLE ledger ADD COLUMN note TEXT',
-             "UPDATE ledger SET note = 'migrated'"),)
-        self.useFixture(fixtures.MonkeyPatch(
-            'cachekeeper.state.db.MIGRATIONS', newer))
-        state_db = self.open_state()
-        self.assertEqual(len(newer),
-                         state_db.query('PRAGMA user_version')[0][0])
-        self.assertEqual([('a', 7.0, 'migrated')], [
-            tuple(row) for row in state_db.query(
-                'SELECT name, last_seen_in_use, note FROM ledger')])
-        # Opening again migrates nothing.
-        self.open_state()
+            connection.execute('INSERT INTO missing_table VALUES (1)')
+    # The connection is usable afterwards.
+    with state_db.transaction() as connection:
+        connection.execute("INSERT INTO ledger (name) VALUES ('a')")
 
-    def test_failed_migration_changes_nothing(self):
-        self.open_state().close()
-        version = db.schema_version()
-        self.useFixture(fixtures.MonkeyPatch(
-            'cachekeeper.state.db.MIGRATIONS', db.MIGRATIONS + (
-                ('ALTER TABLE ledger ADD COLUMN note TEXT',
-                 'THIS IS NOT SQL'),)))
-        with self.assertRaises(db.StateError):
-            db.open_state(self.state_path)
-        connection = sqlite3.connect(self.db_path)
-        self.addCleanup(connection.close)
-        self.assertEqual(version, connection.execute(
-            'PRAGMA user_version').fetchone()[0])
+
+def test_newer_schema_is_refused(state):
+    state.open_state().close()
+    connection = sqlite3.connect(state.db_path)
+    connection.execute('PRAGMA user_version = %d'
+                       % (db.schema_version() + 1))
+    connection.close()
+    with pytest.raises(db.StateError) as caught:
+        db.open_state(state.state_path)
+    message = str(caught.value)
+    assert 'schema version %d' % (db.schema_version() + 1) in message
+    assert 'newer release' in message
+    assert '\n' not in message
+
+
+def test_migrations_run_forward_and_keep_the_data(state, monkeypatch):
+    state_db = state.open_state()
+    with state_db.transaction() as connection:
+        connection.execute(
+            "INSERT INTO ledger (name, last_seen_in_use) VALUES ('a', 7)")
+    state_db.close()
+    newer = db.MIGRATIONS + (
+        ('ALTER TABLE ledger ADD COLUMN note TEXT',
+         "UPDATE ledger SET note = 'migrated'"),)
+    monkeypatch.setattr(db, 'MIGRATIONS', newer)
+    state_db = state.open_state()
+    assert len(newer) == state_db.query('PRAGMA user_version')[0][0]
+    assert [
+        tuple(row) for row in state_db.query(
+            'SELECT name, last_seen_in_use, note FROM ledger')] == (
+        [('a', 7.0, 'migrated')])
+    # Opening again migrates nothing.
+    state.open_state()
+
+
+def test_failed_migration_changes_nothing(state, monkeypatch):
+    state.open_state().close()
+    version = db.schema_version()
+    monkeypatch.setattr(db, 'MIGRATIONS', db.MIGRATIONS + (
+        ('ALTER TABLE ledger ADD COLUMN note TEXT', 'THIS IS NOT SQL'),))
+    with pytest.raises(db.StateError):
+        db.open_state(state.state_path)
+    with contextlib.closing(sqlite3.connect(state.db_path)) as connection:
+        assert connection.execute(
+            'PRAGMA user_version').fetchone()[0] == version
         columns = [row[1] for row in connection.execute(
             'PRAGMA table_info(ledger)')]
-        self.assertNotIn('note', columns)
+    assert 'note' not in columns
 
-    def test_missing_state_path(self):
-        missing = os.path.join(self.state_path, 'missing')
-        with self.assertRaisesRegex(db.StateError,
-                                    '^state_path .*missing does not exist$'):
-            db.open_state(missing)
 
-    def test_state_path_that_is_a_file(self):
-        path = os.path.join(self.state_path, 'file')
-        open(path, 'w').close()
-        with self.assertRaisesRegex(db.StateError, 'is not a directory'):
-            db.open_state(path)
+def test_missing_state_path(state):
+    missing = os.path.join(state.state_path, 'missing')
+    with pytest.raises(db.StateError,
+                       match='^state_path .*missing does not exist$'):
+        db.open_state(missing)
 
-    def test_database_that_is_not_sqlite(self):
-        with open(self.db_path, 'w') as f:
-            f.write('not a database, ' * 100)
-        with self.assertRaisesRegex(db.StateError,
-                                    'cannot use state database'):
-            db.open_state(self.state_path)
 
-    def test_database_that_is_a_symlink_is_refused(self):
-        target = os.path.join(self.state_path, 'elsewhere')
-        os.symlink(target, self.db_path)
-        with self.assertRaisesRegex(db.StateError,
-                                    'cannot open state database'):
-            db.open_state(self.state_path)
-        self.assertFalse(os.path.exists(target))
+def test_state_path_that_is_a_file(state):
+    path = os.path.join(state.state_path, 'file')
+    open(path, 'w').close()
+    with pytest.raises(db.StateError, match='is not a directory'):
+        db.open_state(path)
 
-    def test_unwritable_state_path(self):
-        if os.geteuid() != 0:
-            self.skipTest('needs root to run the check as another user')
-        os.chmod(self.state_path, 0o755)
-        state_path = os.path.join(self.state_path, 'state')
-        os.mkdir(state_path, 0o755)
-        self.assertEqual('state_path %s is not writable by this user'
-                         % state_path, open_state_as_nobody(state_path))
-        self.assertFalse(os.path.exists(os.path.join(state_path,
-                                                     db.DATABASE_FILE)))
+
+def test_database_that_is_not_sqlite(state):
+    with open(state.db_path, 'w') as f:
+        f.write('not a database, ' * 100)
+    with pytest.raises(db.StateError, match='cannot use state database'):
+        db.open_state(state.state_path)
+
+
+def test_database_that_is_a_symlink_is_refused(state):
+    target = os.path.join(state.state_path, 'elsewhere')
+    os.symlink(target, state.db_path)
+    with pytest.raises(db.StateError, match='cannot open state database'):
+        db.open_state(state.state_path)
+    assert not os.path.exists(target)
+
+
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason='needs root to run the check as another user')
+def test_unwritable_state_path(state):
+    os.chmod(state.state_path, 0o755)
+    state_path = os.path.join(state.state_path, 'state')
+    os.mkdir(state_path, 0o755)
+    assert open_state_as_nobody(state_path) == (
+        'state_path %s is not writable by this user' % state_path)
+    assert not os.path.exists(os.path.join(state_path, db.DATABASE_FILE))
 
 
 def open_state_as_nobody(state_path):

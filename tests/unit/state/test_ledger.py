@@ -10,9 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-import unittest
-
-import fixtures
+import pytest
 
 from cachekeeper.state import db
 from cachekeeper.state import ledger
@@ -20,80 +18,75 @@ from cachekeeper.state import ledger
 Entry = ledger.LedgerEntry
 
 
-class LedgerTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+@pytest.fixture
+def state_db(tmp_path):
+    state_db = db.open_state(str(tmp_path))
+    yield state_db
+    state_db.close()
 
-    def setUp(self):
-        super().setUp()
-        self.state_path = self.useFixture(fixtures.TempDir()).path
-        self.state_db = self.open_state()
 
-    def open_state(self):
-        state_db = db.open_state(self.state_path)
-        self.addCleanup(state_db.close)
-        return state_db
+def test_unknown_name(state_db):
+    assert ledger.lookup(state_db, 'a') is None
 
-    def lookup(self, name):
-        return ledger.lookup(self.state_db, name)
 
-    def test_unknown_name(self):
-        self.assertIsNone(self.lookup('a'))
+def test_name_that_is_not_utf8_is_unknown(state_db):
+    # As os.listdir gives a name with the byte 0xff.
+    assert ledger.lookup(state_db, 'a\udcff') is None
 
-    def test_name_that_is_not_utf8_is_unknown(self):
-        # As os.listdir gives a name with the byte 0xff.
-        self.assertIsNone(self.lookup('a\udcff'))
 
-    def test_first_seen_unused_is_kept_across_passes(self):
-        ledger.record_usage(self.state_db, [], ['a'], 100.0)
-        ledger.record_usage(self.state_db, [], ['a'], 200.0)
-        self.assertEqual(Entry('a', first_seen_unused=100.0),
-                         self.lookup('a'))
+def test_first_seen_unused_is_kept_across_passes(state_db):
+    ledger.record_usage(state_db, [], ['a'], 100.0)
+    ledger.record_usage(state_db, [], ['a'], 200.0)
+    assert ledger.lookup(state_db, 'a') == Entry('a', first_seen_unused=100.0)
 
-    def test_use_clears_first_seen_unused_and_records_last_use(self):
-        ledger.record_usage(self.state_db, [], ['a'], 100.0)
-        ledger.record_usage(self.state_db, ['a'], [], 200.0)
-        self.assertEqual(Entry('a', last_seen_in_use=200.0),
-                         self.lookup('a'))
-        ledger.record_usage(self.state_db, [], ['a'], 300.0)
-        ledger.record_usage(self.state_db, [], ['a'], 400.0)
-        self.assertEqual(Entry('a', first_seen_unused=300.0,
-                               last_seen_in_use=200.0), self.lookup('a'))
 
-    def test_a_name_in_both_lists_counts_as_in_use(self):
-        ledger.record_usage(self.state_db, ['a'], ['a'], 100.0)
-        self.assertEqual(Entry('a', last_seen_in_use=100.0),
-                         self.lookup('a'))
+def test_use_clears_first_seen_unused_and_records_last_use(state_db):
+    ledger.record_usage(state_db, [], ['a'], 100.0)
+    ledger.record_usage(state_db, ['a'], [], 200.0)
+    assert ledger.lookup(state_db, 'a') == Entry('a', last_seen_in_use=200.0)
+    ledger.record_usage(state_db, [], ['a'], 300.0)
+    ledger.record_usage(state_db, [], ['a'], 400.0)
+    assert ledger.lookup(state_db, 'a') == Entry(
+        'a', first_seen_unused=300.0, last_seen_in_use=200.0)
 
-    def test_undecided_names_keep_their_record(self):
-        ledger.record_usage(self.state_db, ['a'], ['b'], 100.0)
-        ledger.record_usage(self.state_db, [], [], 200.0,
-                            present_names=['a', 'b'])
-        self.assertEqual(Entry('a', last_seen_in_use=100.0),
-                         self.lookup('a'))
-        self.assertEqual(Entry('b', first_seen_unused=100.0),
-                         self.lookup('b'))
 
-    def test_files_no_longer_present_are_forgotten(self):
-        ledger.record_usage(self.state_db, ['a'], ['b', 'c'], 100.0)
-        ledger.record_usage(self.state_db, [], ['c'], 200.0,
-                            present_names=['c'])
-        self.assertIsNone(self.lookup('a'))
-        self.assertIsNone(self.lookup('b'))
-        self.assertEqual(Entry('c', first_seen_unused=100.0),
-                         self.lookup('c'))
-        # A file that comes back ages from scratch.
-        ledger.record_usage(self.state_db, [], ['b'], 300.0)
-        self.assertEqual(Entry('b', first_seen_unused=300.0),
-                         self.lookup('b'))
+def test_a_name_in_both_lists_counts_as_in_use(state_db):
+    ledger.record_usage(state_db, ['a'], ['a'], 100.0)
+    assert ledger.lookup(state_db, 'a') == Entry('a', last_seen_in_use=100.0)
 
-    def test_without_present_names_nothing_is_forgotten(self):
-        ledger.record_usage(self.state_db, ['a'], [], 100.0)
-        ledger.record_usage(self.state_db, [], ['b'], 200.0)
-        self.assertEqual(Entry('a', last_seen_in_use=100.0),
-                         self.lookup('a'))
 
-    def test_survives_a_restart(self):
-        ledger.record_usage(self.state_db, ['a'], ['b'], 100.0)
-        self.state_db.close()
-        reopened = self.open_state()
-        self.assertEqual(Entry('b', first_seen_unused=100.0),
-                         ledger.lookup(reopened, 'b'))
+def test_undecided_names_keep_their_record(state_db):
+    ledger.record_usage(state_db, ['a'], ['b'], 100.0)
+    ledger.record_usage(state_db, [], [], 200.0,
+                        present_names=['a', 'b'])
+    assert ledger.lookup(state_db, 'a') == Entry('a', last_seen_in_use=100.0)
+    assert ledger.lookup(state_db, 'b') == Entry('b', first_seen_unused=100.0)
+
+
+def test_files_no_longer_present_are_forgotten(state_db):
+    ledger.record_usage(state_db, ['a'], ['b', 'c'], 100.0)
+    ledger.record_usage(state_db, [], ['c'], 200.0,
+                        present_names=['c'])
+    assert ledger.lookup(state_db, 'a') is None
+    assert ledger.lookup(state_db, 'b') is None
+    assert ledger.lookup(state_db, 'c') == Entry('c', first_seen_unused=100.0)
+    # A file that comes back ages from scratch.
+    ledger.record_usage(state_db, [], ['b'], 300.0)
+    assert ledger.lookup(state_db, 'b') == Entry('b', first_seen_unused=300.0)
+
+
+def test_without_present_names_nothing_is_forgotten(state_db):
+    ledger.record_usage(state_db, ['a'], [], 100.0)
+    ledger.record_usage(state_db, [], ['b'], 200.0)
+    assert ledger.lookup(state_db, 'a') == Entry('a', last_seen_in_use=100.0)
+
+
+def test_survives_a_restart(state_db, tmp_path):
+    ledger.record_usage(state_db, ['a'], ['b'], 100.0)
+    state_db.close()
+    reopened = db.open_state(str(tmp_path))
+    try:
+        assert ledger.lookup(reopened, 'b') == Entry('b',
+                                                     first_seen_unused=100.0)
+    finally:
+        reopened.close()

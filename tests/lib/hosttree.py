@@ -19,16 +19,14 @@ modification times, and cachekeeper-manage run on them as a subprocess.
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 from tests.lib import nova
+from tests.lib import qemu
 
 MANAGE = os.path.join(os.path.dirname(sys.executable), 'cachekeeper-manage')
-# The real one, even while a fake qemu-img is first on a pass's PATH.
-QEMU_IMG = shutil.which('qemu-img')
 
 MINUTE = 60
 HOUR = 3600
@@ -51,11 +49,6 @@ PASS_TIMEOUT = 30
 def image(image_id):
     """The cache file name of a glance image, as nova derives it."""
     return hashlib.sha1(image_id.encode('utf-8')).hexdigest()
-
-
-def qemu_img(*args):
-    subprocess.run([QEMU_IMG] + [str(a) for a in args], check=True,
-                   capture_output=True, timeout=30)
 
 
 def image_format(path):
@@ -130,7 +123,7 @@ class HostTree:
         if unsafe:
             args[1:1] = ['-u']
             args.append('1M')
-        qemu_img(*args)
+        qemu.qemu_img(*args)
         return path
 
     def instance(self, directory, disks, formats=None, libvirt_xml=None):

@@ -10,10 +10,21 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""One pass over the image cache, from scan to report.
+"""One pass over the image cache, as a script: evaluate -> execute ->
+bookkeeping.
 
-scan -> inventory (inspect) -> plan -> execute -> report. The manager keeps
-what must outlive one pass: which warnings were already given.
+evaluate: scan, inventory (inspect), plan, the disk-space budget;
+execute: touch what is in use, move what may go into the scrub queue (the
+cache library's execute, with the queue as its quarantine step);
+bookkeeping: the scrub queue, the ledger, the totals, the report file,
+the metrics, each best effort. A dry run evaluates, executes dry and
+reports, and keeps no books. The pass's drain of the scrub queue follows
+execute.
+
+This is the one module that ties the cache library (cachekeeper.cache) to
+what lies beside it (scrub, glance, coordination, thrash) and to the
+documents (report, status, metrics). It keeps what must outlive one pass:
+which warnings were already given, what need not be read again.
 """
 
 import contextlib
@@ -25,9 +36,9 @@ import time
 from oslo_log import log as logging
 
 from cachekeeper.cache import budget
-from cachekeeper.cache import execute
 from cachekeeper.cache import domains
 from cachekeeper.cache import evidence
+from cachekeeper.cache import execute
 from cachekeeper.cache import facts
 from cachekeeper.cache import inspect
 from cachekeeper.cache import inspect_cache
@@ -36,23 +47,19 @@ from cachekeeper.cache import plan
 from cachekeeper.cache import registry
 from cachekeeper.cache import residue
 from cachekeeper.cache import scan
+from cachekeeper.conf import paths
 from cachekeeper import coordination
-from cachekeeper import glance
+from cachekeeper.glance import catalog as glance_catalog
 from cachekeeper import report
-from cachekeeper import status
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
 from cachekeeper.state import db
 from cachekeeper.state import ledger
 from cachekeeper.state import totals
+from cachekeeper import status
 from cachekeeper import thrash
 
 LOG = logging.getLogger(__name__)
-
-
-def cache_dir(conf):
-    return os.path.join(conf.instances_path,
-                        conf.image_cache.subdirectory_name)
 
 
 @dataclasses.dataclass
@@ -84,10 +91,11 @@ class CacheManager:
         self.scrub_queue = scrub_queue
         self.coordinator = coordinator
         self._warnings = {}
-        # What the running pass could not do with its state (the state
-        # database, the report), by what it tried: warned once.
+        # What the running pass could not do with its books (the state
+        # database, the scrub queue, the report and metrics files), by
+        # what it tried: warned once.
         self._state_problems = {}
-        self.images = glance.ImageService(conf)
+        self.images = glance_catalog.ImageService(conf)
         # These survive from pass to pass: unchanged cache entries, disks
         # and instance directories are not read again.
         self._inspection_cache = inspect_cache.InspectionCache(
@@ -100,7 +108,7 @@ class CacheManager:
 
         Raises OSError when the cache directory itself cannot be listed.
         """
-        directory = cache_dir(self.conf)
+        directory = paths.cache_dir(self.conf)
         base_files = scan.scan(directory, previous=self._last_scan)
         self._last_scan = {b.name: b for b in base_files}
         instance_inventory = self._inventory()
@@ -134,7 +142,7 @@ class CacheManager:
 
     def _filesystem(self):
         """The budget.Filesystem of the cache (None if unknown)."""
-        cache = cache_dir(self.conf)
+        cache = paths.cache_dir(self.conf)
         # A cache nova has not made yet will be made there.
         return status.filesystem_of(
             cache if os.path.isdir(cache) else self.conf.instances_path)
@@ -142,7 +150,7 @@ class CacheManager:
     def _inventory(self):
         # Built per pass so that a reloaded configuration applies.
         return inventory.Inventory(
-            self.conf.instances_path, cache_dir(self.conf),
+            self.conf.instances_path, paths.cache_dir(self.conf),
             inspect.Inspector.from_conf(self.conf,
                                         cache=self._inspection_cache),
             excluded=(self.conf.scrubber.quarantine_dir,),
@@ -163,109 +171,165 @@ class CacheManager:
                                source.domains())
 
     def run_pass(self, dry_run=False, stop_event=None):
-        with _cyclic_gc_paused():
-            return self._run_pass(dry_run, stop_event)
+        """Run one pass; return its report.PassReport.
 
-    def _run_pass(self, dry_run, stop_event):
-        started = time.monotonic()
-        result = report.PassReport(dry_run=dry_run, started_at=time.time())
-        warnings = {}
+        A pass evaluates (scan, inventory, plan), executes (touches the
+        files in use, queues the unused ones for removal) and keeps the
+        books: the scrub queue, the ledger, the totals, the report file,
+        the metrics. A dry run evaluates, executes dry and reports: it
+        keeps no books. ``stop_event`` ends a pass between two files.
+        """
+        with _cyclic_gc_paused():
+            if dry_run:
+                return self._dry_run(stop_event)
+            return self._pass(stop_event)
+
+    def _pass(self, stop_event):
+        """evaluate -> execute -> bookkeeping."""
+        run = self._begin(dry_run=False)
+        self._best_effort('Cannot look for files in quarantine without a '
+                          'scrub queue entry',
+                          self.scrub_queue.adopt_orphans, time.time())
+        storage = self._register(run.warnings)
+        evaluation = self._evaluate(run)
+        if evaluation is not None:
+            # Before this pass queues anything, which would look as if
+            # it had come back.
+            run.result.comebacks = self._best_effort(
+                'Cannot look for removed files that came back',
+                self._detect_comebacks, evaluation) or 0
+            self._best_effort('Cannot make scrub queue entries due now',
+                              self._expedite, evaluation.budget_outcome)
+            self._hold_removals(evaluation, storage, run.warnings)
+            outcome = self._execute(run, evaluation, stop_event)
+            self._best_effort('Cannot record file usage in the state '
+                              'database',
+                              self._record_usage, evaluation, outcome)
+            # Never raises: the catalog tells Glance's problems itself.
+            self.images.precache_pinned(
+                {b.name for b in evaluation.base_files}, stop_event)
+        # Not bookkeeping: a file the queue cannot delete stays on disk, an
+        # error of the pass.
+        self._drain(run, stop_event)
+        after = self._scan_after()
+        self._summarise(run, evaluation, after)
+        self._best_effort('Cannot write the pass report into %s'
+                          % self.conf.state_path,
+                          report.write, run.result, self.conf.state_path)
+        self._best_effort('Cannot add the pass to the totals in the state '
+                          'database',
+                          totals.increase, self.scrub_queue.state_db,
+                          reclaimed_bytes=run.removed_bytes,
+                          errors=len(run.result.errors))
+        if self.conf.metrics_file and after is not None:
+            self._best_effort('Cannot write the metrics file %s'
+                              % self.conf.metrics_file,
+                              self._write_metrics, run.result, after)
+        return self._end(run)
+
+    def _dry_run(self, stop_event):
+        """evaluate -> execute (dry) -> report: no bookkeeping."""
+        run = self._begin(dry_run=True)
+        evaluation = self._evaluate(run)
+        if evaluation is None:
+            after = self._scan_after()
+        else:
+            self._execute(run, evaluation, stop_event)
+            # Nothing changed: the cache is as the pass found it.
+            after = evaluation.base_files
+        self._summarise(run, evaluation, after)
+        return self._end(run)
+
+    def _begin(self, dry_run):
+        """Start a pass with the leftovers of cachekeeper's own writes."""
+        run = _Run(dry_run)
         self._state_problems = {}
         leftovers = residue.remove(
             self.conf, time.time(), report.TEMPORARY_PREFIX,
             coordination.file_backend_dir(self.conf.coordination.backend_url),
             dry_run=dry_run)
-        result.files.extend(leftovers.files)
-        result.errors.extend(leftovers.errors)
-        removed_bytes = leftovers.bytes_removed
-        evaluation = None
-        if not dry_run:
-            self._adopt_orphans()
-        storage = None if dry_run else self._register(warnings)
+        run.result.files.extend(leftovers.files)
+        run.result.errors.extend(leftovers.errors)
+        run.removed_bytes = leftovers.bytes_removed
+        return run
+
+    def _evaluate(self, run):
+        """evaluate(), or None when the cache cannot be listed (an error)."""
         try:
-            evaluation = self.evaluate()
+            return self.evaluate()
         except OSError as e:
+            directory = paths.cache_dir(self.conf)
             message = 'cannot read the image cache %s: %s' % (
-                cache_dir(self.conf), e.strerror or e)
-            result.add_error(cache_dir(self.conf), message)
-            warnings[('cache', cache_dir(self.conf))] = message
-        else:
-            if not dry_run:
-                result.comebacks = self._detect_comebacks(evaluation)
-                self._expedite(evaluation.budget_outcome)
-            hold = None if dry_run else self._pass_hold(storage, warnings)
-            if hold is not None:
-                evaluation.decisions, evaluation.held = plan.hold_removals(
-                    evaluation.decisions, hold)
-            outcome = execute.execute(
-                evaluation.decisions, evaluation.inventory,
-                self.conf.instances_path, evaluation.policy,
-                self.scrub_queue, dry_run=dry_run, stop_event=stop_event,
-                removal_hold=self.removal_hold)
-            result.files.extend(outcome.files)
-            removed_bytes += outcome.bytes_removed
-            # What could not be read held removals back: a per-file error.
-            result.errors.extend(
-                {'path': doubt.source,
-                 'message': 'cannot read %s: %s; files it could use are '
-                            'kept' % (doubt.source, doubt.message)}
-                for doubt in evaluation.usage.doubts)
-            result.errors.extend(outcome.errors)
-            result.bytes_queued = outcome.bytes_queued
-            result.interrupted = outcome.interrupted
-            if not dry_run:
-                self._record_usage(evaluation, outcome)
-            warnings.update(_warnings_of(evaluation, result.errors))
-            warnings.update(self._deleted_in_glance_warnings(evaluation))
-            if not dry_run:
-                self.images.precache_pinned(
-                    {b.name for b in evaluation.base_files}, stop_event)
-        if not dry_run:
-            drained = self.drain(stop_event=stop_event)
-            result.bytes_reclaimed = drained.bytes_reclaimed + removed_bytes
-            result.parked = drained.parked
-            result.errors.extend(drained.errors)
-        # A dry run changed nothing: the cache is as the pass found it.
-        after = (evaluation.base_files if dry_run and evaluation is not None
-                 else self._scan_after())
+                directory, e.strerror or e)
+            run.result.add_error(directory, message)
+            run.warnings[('cache', directory)] = message
+            return None
+
+    def _execute(self, run, evaluation, stop_event):
+        """Carry out the evaluation, into the report; an ExecuteResult."""
+        result = run.result
+        outcome = execute.execute(
+            evaluation.decisions, evaluation.inventory,
+            self.conf.instances_path, evaluation.policy,
+            quarantine_into(self.scrub_queue), dry_run=run.dry_run,
+            stop_event=stop_event, removal_hold=self.removal_hold)
+        result.files.extend(outcome.files)
+        run.removed_bytes += outcome.bytes_removed
+        # What could not be read held removals back: a per-file error.
+        result.errors.extend(
+            {'path': doubt.source,
+             'message': 'cannot read %s: %s; files it could use are '
+                        'kept' % (doubt.source, doubt.message)}
+            for doubt in evaluation.usage.doubts)
+        result.errors.extend(outcome.errors)
+        result.bytes_queued = outcome.bytes_queued
+        result.interrupted = outcome.interrupted
+        run.warnings.update(_warnings_of(evaluation, result.errors))
+        run.warnings.update(self._deleted_in_glance_warnings(evaluation))
+        return outcome
+
+    def _summarise(self, run, evaluation, after):
+        """Add the cache ``after`` the pass, the budget and the duration.
+
+        ``after`` are the base files of the cache, None when unknown.
+        """
+        result = run.result
         if after is not None:
             result.cache = status.cache_usage(after)
         if evaluation is not None and evaluation.budget_outcome is not None:
             result.budget = self._budget_report(
-                evaluation, result, dry_run)
-            warnings.update(self._budget_warnings(evaluation.budget_outcome))
-        result.duration_s = time.monotonic() - started
+                evaluation, result, run.dry_run)
+            run.warnings.update(
+                self._budget_warnings(evaluation.budget_outcome))
+        result.duration_s = time.monotonic() - run.started
         result.finished_at = time.time()
-        if not dry_run:
-            self._write_report(result)
-            self._add_to_totals(result, removed_bytes)
-            warnings.update(self._write_metrics(result, after))
-        warnings.update((('state', what), message)
-                        for what, message in self._state_problems.items())
-        self._warn_on_change(warnings)
-        return result
 
-    def _state_problem(self, what, error):
-        """Note that ``what`` failed: told once, not at every pass."""
-        self._state_problems[what] = '%s: %s' % (what, error)
+    def _end(self, run):
+        """Warn what changed since the last pass; return the report."""
+        run.warnings.update((('state', what), message)
+                            for what, message in self._state_problems.items())
+        self._warn_on_change(run.warnings)
+        return run.result
 
-    def _adopt_orphans(self):
+    def _best_effort(self, what, step, *args, **kwargs):
+        """Run the bookkeeping ``step(*args, **kwargs)``; its result or None.
+
+        No bookkeeping is worth a failed pass: when the state database, the
+        scrub queue or a file a step writes fails it, the pass goes on and
+        ``what`` ('Cannot ...') is warned once, with the error, until a
+        pass gets through that step again.
+        """
         try:
-            self.scrub_queue.adopt_orphans(time.time())
+            return step(*args, **kwargs)
         except (OSError, db.StateError, scrub_entries.ScrubError) as e:
-            self._state_problem('Cannot look for files in quarantine '
-                                'without a scrub queue entry', e)
+            self._state_problems[what] = '%s: %s' % (what, e)
+            return None
 
     def _detect_comebacks(self, evaluation):
         """Count and report removed files that came back; return how many."""
-        try:
-            comebacks = thrash.detect(
-                self.scrub_queue.state_db, evaluation.base_files,
-                time.time(), self.conf.image_cache.thrash_window_seconds)
-        except db.StateError as e:
-            self._state_problem('Cannot look for removed files that came '
-                                'back', e)
-            return 0
+        comebacks = thrash.detect(
+            self.scrub_queue.state_db, evaluation.base_files,
+            time.time(), self.conf.image_cache.thrash_window_seconds)
         for comeback in comebacks:
             # Each comeback is an event of its own, reported once.
             LOG.warning('%s', comeback.warning())
@@ -273,17 +337,49 @@ class CacheManager:
 
     def _expedite(self, outcome):
         """Make the queued files the budget needs deleted due now."""
-        if outcome is None or not outcome.expedited:
-            return
-        try:
+        if outcome is not None and outcome.expedited:
             self.scrub_queue.expedite(outcome.expedited, time.time())
-        except db.StateError as e:
-            self._state_problem('Cannot make scrub queue entries due now',
-                                e)
+
+    def _hold_removals(self, evaluation, storage, warnings):
+        """Keep the removals this host may not do (see _pass_hold)."""
+        hold = self._pass_hold(storage, warnings)
+        if hold is not None:
+            evaluation.decisions, evaluation.held = plan.hold_removals(
+                evaluation.decisions, hold)
+
+    def _record_usage(self, evaluation, outcome):
+        """Remember when each file was last in use and first unused."""
+        in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
+        held = set(evaluation.held)
+        unused = [f.path for f in outcome.files
+                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)
+                  or os.path.basename(f.path) in held]
+        ledger.record_usage(
+            self.scrub_queue.state_db,
+            [os.path.basename(p) for p in in_use],
+            [os.path.basename(p) for p in unused], time.time(),
+            present_names=[b.name for b in evaluation.base_files])
+
+    def _drain(self, run, stop_event):
+        """Drain the scrub queue into the report (see drain)."""
+        drained = self.drain(stop_event=stop_event)
+        run.result.bytes_reclaimed = (drained.bytes_reclaimed +
+                                      run.removed_bytes)
+        run.result.parked = drained.parked
+        run.result.errors.extend(drained.errors)
+
+    def _write_metrics(self, result, base_files):
+        """Write [DEFAULT] metrics_file for the cache of ``base_files``."""
+        # Only now: prometheus_client is a megabyte of the daemon's memory.
+        from cachekeeper import metrics
+        metrics.write(self.conf.metrics_file, status.collect(
+            self.conf, self.scrub_queue, last_pass=result.to_dict(),
+            base_files=base_files))
 
     def _scan_after(self):
         try:
-            return scan.scan(cache_dir(self.conf), previous=self._last_scan)
+            return scan.scan(paths.cache_dir(self.conf),
+                             previous=self._last_scan)
         except OSError:
             # The pass has reported the unreadable cache already.
             return None
@@ -322,37 +418,12 @@ class CacheManager:
 
     def _budget_warnings(self, outcome):
         """Warn once while the budget cannot be met."""
-        key = ('budget', cache_dir(self.conf))
+        key = ('budget', paths.cache_dir(self.conf))
         message = outcome.shortfall_message()
         if message is None:
             return {}
         # The numbers move from pass to pass; the condition is what counts.
         return {key: self._warnings.get(key, message)}
-
-    def _add_to_totals(self, result, removed_bytes):
-        try:
-            totals.increase(self.scrub_queue.state_db,
-                            reclaimed_bytes=removed_bytes,
-                            errors=len(result.errors))
-        except db.StateError as e:
-            self._state_problem('Cannot add the pass to the totals in the '
-                                'state database', e)
-
-    def _write_metrics(self, result, base_files):
-        """Write the metrics file if configured; return warnings."""
-        path = self.conf.metrics_file
-        if not path or base_files is None:
-            return {}
-        # Only now: prometheus_client is a megabyte of the daemon's memory.
-        from cachekeeper import metrics
-        try:
-            metrics.write(path, status.collect(
-                self.conf, self.scrub_queue, last_pass=result.to_dict(),
-                base_files=base_files))
-        except (OSError, db.StateError) as e:
-            return {('metrics', path): 'Cannot write the metrics file %s: %s'
-                                       % (path, e)}
-        return {}
 
     def removal_hold(self):
         """Why this process may not remove files now, or None if it may."""
@@ -392,8 +463,8 @@ class CacheManager:
             hold = ('the image cache is shared with %s, but [coordination] '
                     'backend_url cannot keep them from removing at the same '
                     'time: %s' % (', '.join(others), problem))
-            warnings[('coordination', cache_dir(self.conf))] = (
-                'Image cache %s: %s; no removal' % (cache_dir(self.conf),
+            warnings[('coordination', paths.cache_dir(self.conf))] = (
+                'Image cache %s: %s; no removal' % (paths.cache_dir(self.conf),
                                                      hold))
         return hold
 
@@ -418,30 +489,6 @@ class CacheManager:
                                              '%s' % e})
             return result
 
-    def _record_usage(self, evaluation, outcome):
-        """Remember when each file was last in use and first unused."""
-        in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
-        held = set(evaluation.held)
-        unused = [f.path for f in outcome.files
-                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)
-                  or os.path.basename(f.path) in held]
-        try:
-            ledger.record_usage(
-                self.scrub_queue.state_db,
-                [os.path.basename(p) for p in in_use],
-                [os.path.basename(p) for p in unused], time.time(),
-                present_names=[b.name for b in evaluation.base_files])
-        except db.StateError as e:
-            self._state_problem('Cannot record file usage in the state '
-                                'database', e)
-
-    def _write_report(self, result):
-        try:
-            report.write(result, self.conf.state_path)
-        except OSError as e:
-            self._state_problem('Cannot write the pass report into %s'
-                                % self.conf.state_path, e)
-
     def _deleted_in_glance_warnings(self, evaluation):
         """Files in use whose image Glance no longer has, keyed by path.
 
@@ -452,9 +499,10 @@ class CacheManager:
                   if d.verdict == facts.IN_USE]
         catalog = evaluation.catalog
         if catalog is not None and catalog.listed_at is None:
-            paths = {b.path for b in in_use}
+            in_use_paths = {b.path for b in in_use}
             return {key: message for key, message in self._warnings.items()
-                    if key[0] == 'deleted_in_glance' and key[1] in paths}
+                    if key[0] == 'deleted_in_glance' and
+                    key[1] in in_use_paths}
         return {('deleted_in_glance', b.path): (
                     'Image cache file %s is in use, but its image no longer '
                     'exists in Glance; kept' % b.path)
@@ -467,6 +515,43 @@ class CacheManager:
         for key in sorted(set(self._warnings) - set(warnings)):
             LOG.info('Resolved: %s', self._warnings[key])
         self._warnings = warnings
+
+
+class _Run:
+    """A pass under way: its report, and what the end of the pass needs."""
+
+    def __init__(self, dry_run):
+        self.started = time.monotonic()
+        self.result = report.PassReport(dry_run=dry_run,
+                                        started_at=time.time())
+        # What the pass deleted itself (download residue, its own
+        # leftovers), reclaimed on top of what draining the queue frees.
+        self.removed_bytes = 0
+        # The conditions to warn about, by subject (see _warn_on_change).
+        self.warnings = {}
+
+    @property
+    def dry_run(self):
+        return self.result.dry_run
+
+
+def quarantine_into(scrub_queue):
+    """The quarantine step of execute.execute: into ``scrub_queue``.
+
+    The queue's refusals become the executor's: a file touched meanwhile
+    is back in the cache (execute.Retouched); any other failure leaves it
+    there too and is an error (execute.QuarantineFailed).
+    """
+    def quarantine(base_file, reason, now, drain_at):
+        try:
+            entry = scrub_queue.quarantine(base_file, reason, now,
+                                           drain_at=drain_at)
+        except queue.TouchedMeanwhile as e:
+            raise execute.Retouched(str(e)) from e
+        except (scrub_entries.ScrubError, db.StateError) as e:
+            raise execute.QuarantineFailed(str(e)) from e
+        return entry.allocated
+    return quarantine
 
 
 @contextlib.contextmanager

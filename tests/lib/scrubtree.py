@@ -10,15 +10,18 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""A compute host tree with real files and a real scrub queue."""
+"""A compute host tree with real files and a real scrub queue.
+
+ScrubTree is instances/_base with files, a state directory and host-a's
+scrub queue; close() closes the queues it opened and undoes chattr +i.
+"""
 
 import hashlib
 import os
 import shutil
 import subprocess
-import unittest
 
-import fixtures
+import pytest
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
@@ -35,12 +38,13 @@ def image_name(number):
     return hashlib.sha1(b'image-%d' % number).hexdigest()
 
 
-class ScrubTestCase(fixtures.TestWithFixtures, unittest.TestCase):
+class ScrubTree:
     """instances/_base with files, a state directory and host-a's queue."""
 
-    def setUp(self):
-        super().setUp()
-        self.root = self.useFixture(fixtures.TempDir()).path
+    def __init__(self, root):
+        self.root = str(root)
+        self._queues = []
+        self._immutable = []
         self.instances_path = os.path.join(self.root, 'instances')
         self.cache_dir = os.path.join(self.instances_path, '_base')
         self.quarantine_dir = os.path.join(self.instances_path,
@@ -51,11 +55,17 @@ class ScrubTestCase(fixtures.TestWithFixtures, unittest.TestCase):
         os.mkdir(self.state_path, 0o700)
         self.queue = self.make_queue()
 
+    def close(self):
+        for path in reversed(self._immutable):
+            self.make_mutable(path)
+        for scrub_queue in reversed(self._queues):
+            scrub_queue.close()
+
     def make_queue(self, host=HOST, state_path=None):
         scrub_queue = queue.ScrubQueue(
             db.open_state(state_path or self.state_path),
             self.instances_path, self.cache_dir, self.quarantine_dir, host)
-        self.addCleanup(scrub_queue.close)
+        self._queues.append(scrub_queue)
         scrub_queue.check_quarantine_dir()
         return scrub_queue
 
@@ -103,17 +113,31 @@ class ScrubTestCase(fixtures.TestWithFixtures, unittest.TestCase):
     def make_immutable(self, path):
         """chattr +i: not even root may delete or rename it, or in it."""
         if os.geteuid() != 0:
-            self.skipTest('making a file undeletable needs root (chattr +i)')
+            pytest.skip('making a file undeletable needs root (chattr +i)')
         chattr = shutil.which('chattr')
         if chattr is None:
-            self.skipTest('chattr is not installed')
+            pytest.skip('chattr is not installed')
         result = subprocess.run([chattr, '+i', path], capture_output=True,
                                 text=True)
         if result.returncode:
-            self.skipTest('chattr +i is not supported here: %s'
-                          % result.stderr.strip())
-        self.addCleanup(self.make_mutable, path)
+            pytest.skip('chattr +i is not supported here: %s'
+                        % result.stderr.strip())
+        self._immutable.append(path)
 
     def make_mutable(self, path):
         if os.path.exists(path):
             subprocess.run([shutil.which('chattr'), '-i', path], check=True)
+
+
+def tree_fixture(tree_class=ScrubTree, name='scrub'):
+    """A pytest fixture ``name``: a ``tree_class`` in tmp_path, closed after.
+
+    A module whose tests need more of the tree than ScrubTree says
+    ``scrub = scrubtree.tree_fixture(ItsTree)``.
+    """
+    @pytest.fixture(name=name)
+    def tree(tmp_path):
+        made = tree_class(tmp_path)
+        yield made
+        made.close()
+    return tree

@@ -1,0 +1,374 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Every text table and line cachekeeper-manage prints for a person.
+
+The domain modules hand over documents and objects (status.collect, a pass
+report, scrub queue entries, the verdict of a file); the functions here
+turn them into lines, reading nothing but their arguments. Escaping what a
+file name may smuggle in is left to the caller (printable.escape), which
+prints. The ``--json`` outputs are the documents themselves.
+"""
+
+from cachekeeper.cache import facts
+from cachekeeper import demo
+from cachekeeper import fmt
+from cachekeeper.scrub import entries as scrub_entries
+
+# The width of the titles of ``cache status``.
+TITLE_WIDTH = 13
+
+EMPTY_SCRUB_QUEUE = 'The scrub queue is empty.'
+
+
+def table(rows, right_aligned=False):
+    """Lines of ``rows`` (lists of strings, the header first) in columns.
+
+    Columns are two spaces apart, as wide as their widest cell; the first
+    is aligned left, the others too or, with ``right_aligned``, right.
+    """
+    widths = [max(len(row[column]) for row in rows)
+              for column in range(len(rows[0]))]
+    return ['  '.join(cell.rjust(width) if column and right_aligned
+                      else cell.ljust(width)
+                      for column, (cell, width)
+                      in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
+
+
+# cache status
+
+def status(document):
+    """The status document (status.collect) as compact lines."""
+    cache = document['cache']
+    bound = ('max %s' % fmt.size(cache['max_bytes'])
+             if cache['max_bytes'] else 'no size bound')
+    lines = [_row('Image cache', '%s: %d files, %s apparent, %s allocated '
+                  '(%s)' % (cache['path'], cache['files'],
+                            fmt.size(cache['apparent_bytes']),
+                            fmt.size(cache['allocated_bytes']),
+                            bound))]
+    filesystem = document['filesystem']
+    if filesystem is None:
+        lines.append(_row('Filesystem', 'unknown (statvfs failed)'))
+    else:
+        lines.append(_row('Filesystem', '%.1f%% used, %s of %s (high '
+                          'watermark %d%%, low %d%%)' % (
+                              filesystem['used_percent'],
+                              fmt.size(filesystem['used_bytes']),
+                              fmt.size(filesystem['size_bytes']),
+                              filesystem['high_watermark_percent'],
+                              filesystem['low_watermark_percent'])))
+    lines.extend(_last_pass_lines(document['last_pass']))
+    entries = document['queue']['entries']
+    quarantined = document['queue']['quarantined_bytes']
+    lines.append(_row('Scrub queue', '%d queued, %d parked (%s in '
+                      'quarantine); %d drained, %d restored' % (
+                          entries[scrub_entries.QUEUED],
+                          entries[scrub_entries.PARKED],
+                          fmt.size(quarantined),
+                          entries[scrub_entries.DRAINED],
+                          entries[scrub_entries.RESTORED])))
+    running = document['totals']
+    lines.append(_row('Totals', '%s reclaimed, %d errors, %d files came '
+                      'back within %s of their removal' % (
+                          fmt.size(running['reclaimed_bytes']),
+                          running['errors'], running['comebacks'],
+                          fmt.duration(document['thrash_window_seconds']))))
+    lines.extend(_row(title, text) for title, text in
+                 coordination_rows(document['coordination']))
+    if 'nova' in document:
+        lines.append(_row('nova.conf', _nova_text(document['nova'])))
+    if 'orphans' in document:
+        lines.append(_row('Orphans', _orphans_text(document['orphans'])))
+    if document['last_pass'] is not None:
+        lines.append('')
+        lines.extend(_files_table(document['last_pass']))
+    if document['warnings']:
+        lines.append('')
+        lines.append('Warnings:')
+        lines.extend('  - %s' % warning for warning in document['warnings'])
+    return lines
+
+
+def coordination_rows(document):
+    """(title, text) rows of the coordination part of the status document.
+
+    ``document`` comes from coordination.status.
+    """
+    leader = document['leader']
+    if leader is None:
+        leader_text = 'none recorded'
+    else:
+        leader_text = '%s (pid %d) since %s' % (
+            leader['host'], leader['pid'], fmt.utc(leader['since']))
+    storage = document['registry']
+    if storage['problem'] is not None:
+        hosts_text = 'unreadable'
+    elif not storage['hosts']:
+        hosts_text = 'no host registered'
+    else:
+        hosts_text = ', '.join(
+            '%s (%ds ago%s)' % (host, entry['age_s'],
+                                ', stale' if entry['stale'] else '')
+            for host, entry in storage['hosts'].items())
+    return [('Coordination', '%s (lock %s)' % (document['backend'],
+                                                document['lock'])),
+            ('Leader', leader_text),
+            ('Registry', '%s: %s' % (storage['path'], hosts_text))]
+
+
+def _row(title, text):
+    return '%-*s%s' % (TITLE_WIDTH, title, text)
+
+
+def _last_pass_lines(last_pass):
+    if last_pass is None:
+        return [_row('Last pass', 'none yet')]
+    started = last_pass['started_at']
+    when = 'at an unknown time' if started is None else fmt.utc(started)
+    lines = [_row('Last pass', '%s, %.2f s, %s' % (
+        when, last_pass['duration_s'] or 0, last_pass['result'] or 'done'))]
+    lines.append(_row('', '%s queued for removal, %s reclaimed, %d errors, '
+                      '%d came back' % (
+                          fmt.size(last_pass['bytes_queued'] or 0),
+                          fmt.size(last_pass['bytes_reclaimed'] or 0),
+                          last_pass['errors'], last_pass['comebacks'])))
+    budget_report = last_pass['budget']
+    if budget_report and (budget_report['over_size']
+                          or budget_report['over_watermark']):
+        lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
+            budget_report['evicted_files'],
+            fmt.size(budget_report['evicted_bytes']),
+            'within budget after it' if budget_report['within']
+            else 'still over budget after it')))
+    return lines
+
+
+def _files_table(last_pass):
+    verdicts = [v for v in facts.VERDICTS if v in last_pass['verdicts']]
+    rows = [['KIND', 'FILES', 'SIZE'] + verdicts]
+    for kind in facts.KINDS:
+        counted = last_pass['kinds'].get(kind)
+        if counted is None:
+            continue
+        by_verdict = last_pass['files'][kind]
+        rows.append([kind, str(counted['files']), fmt.size(counted['bytes'])]
+                    + [str(by_verdict.get(v, {}).get('files', 0))
+                       for v in verdicts])
+    return table(rows, right_aligned=True)
+
+
+def _nova_text(nova):
+    if nova is None:
+        return ('not given: pass nova.conf with --config-file to check '
+                "nova's manager_interval")
+    if nova['error']:
+        return nova['error']
+    where = nova['source'] or "nova's default"
+    state = ('disabled' if nova['manager_interval'] == -1
+             else "nova's image cache manager runs too")
+    return 'manager_interval = %d (%s): %s' % (nova['manager_interval'],
+                                               where, state)
+
+
+def _orphans_text(orphans):
+    if orphans is None:
+        return 'not checked: [inventory] libvirt_uri is not set'
+    if orphans['error']:
+        return 'cannot ask libvirt: %s' % orphans['error']
+    return ('%d instance directories without a domain, %d disks of '
+            'domains missing' % (len(orphans['directories']),
+                                 len(orphans['missing_disks'])))
+
+
+# cache pass
+
+def pass_lines(report):
+    """A pass report (report.PassReport): a line per file, then its summary.
+    """
+    lines = ['%-10s %-9s %10s %9s  %s  (%s)' % (
+        entry.verdict, entry.kind, fmt.duration(entry.age_s),
+        fmt.mib(entry.size), entry.path, entry.reason)
+        for entry in report.files]
+    lines.append(report.summary_line())
+    return lines
+
+
+# cache explain
+
+def explanation(decision, evaluation, lock, qemu_lock, ledger_entry):
+    """Why a pass gives one file its verdict, and what else is known of it.
+
+    ``decision`` is the file's facts.Decision in ``evaluation`` (the
+    manager's Evaluation of a pass); ``lock`` its nova lock as (path of the
+    lock file, whether it exists, the locks.LockHolder or None);
+    ``qemu_lock`` what qemu_locks.probe found (None: not open), or the
+    OSError it raised, for a regular file; ``ledger_entry`` its
+    ledger.LedgerEntry or None.
+    """
+    base_file = decision.base_file
+    name = base_file.name
+    verdict = decision.verdict
+    if verdict == facts.REMOVABLE:
+        verdict = 'removable (a pass would remove it)'
+    lines = [
+        'path:     %s' % base_file.path,
+        'kind:     %s (%s, %s, %s allocated)' % (
+            base_file.kind, base_file.file_type, fmt.mib(base_file.size),
+            fmt.mib(base_file.allocated)),
+        'verdict:  %s' % verdict,
+        'reason:   %s' % decision.reason,
+        'modified: %s, %s ago' % (fmt.utc(base_file.mtime),
+                                  fmt.duration(max(decision.age, 0))),
+    ]
+    min_age = decision.min_age
+    if min_age is None:
+        min_age = evaluation.policy.min_age(base_file.kind)
+    if min_age is not None:
+        lines.append('minimum age when unused: %s' % fmt.duration(min_age))
+    references = evaluation.usage.references_to(name)
+    lines.append('used by:  %s' % ('' if references else 'nothing found'))
+    for reference in references:
+        lines.append('  %s' % reference.reason)
+        if reference.chain:
+            lines.append('    chain: %s' % ' -> '.join(reference.chain))
+    doubts = evaluation.usage.doubts_about(name)
+    if doubts:
+        lines.append('unread, so removal is held back:')
+        lines.extend('  %s: %s (%s)' % (d.source, d.message, _doubt_scope(d))
+                     for d in doubts)
+    lock_path, lock_file_exists, holder = lock
+    if holder is not None:
+        lock_state = 'held by pid %d' % holder.pid
+    else:
+        lock_state = 'not held' if lock_file_exists else 'no file'
+    lines.append('lock:     %s (%s)' % (lock_path, lock_state))
+    lines.append('QEMU lock probe: %s' % _qemu_lock_text(base_file,
+                                                         qemu_lock))
+    lines.extend(_ledger_lines(ledger_entry))
+    return lines
+
+
+def _doubt_scope(doubt):
+    if doubt.names is None:
+        return 'holds back every file'
+    return 'holds back only the %d file(s) its directory uses' % len(
+        doubt.names)
+
+
+def _qemu_lock_text(base_file, qemu_lock):
+    if not base_file.is_regular:
+        return 'not probed (%s)' % base_file.file_type
+    if isinstance(qemu_lock, OSError):
+        return 'cannot probe: %s' % (qemu_lock.strerror or qemu_lock)
+    if qemu_lock is None:
+        return 'not open'
+    return '%s (%s)' % (qemu_lock.reason(), qemu_lock.meaning())
+
+
+def _ledger_lines(entry):
+    def when(timestamp):
+        return 'never seen' if timestamp is None else fmt.utc(timestamp)
+
+    first_seen_unused = entry.first_seen_unused if entry else None
+    last_seen_in_use = entry.last_seen_in_use if entry else None
+    return ['first seen unused: %s' % when(first_seen_unused),
+            'last seen in use:  %s' % when(last_seen_in_use)]
+
+
+# scrub
+
+def scrub_list(entries):
+    """Scrub queue entries (entries.Entry) as a table, in their order."""
+    if not entries:
+        return [EMPTY_SCRUB_QUEUE]
+    rows = [('ID', 'PATH', 'KIND', 'SIZE', 'STATE', 'QUEUED AT',
+             'ATTEMPTS', 'LAST ERROR')]
+    rows.extend((str(e.id), e.path, e.kind, fmt.mib(e.size), e.state,
+                 fmt.utc(e.queued_at), str(e.attempts), e.last_error or '')
+                for e in entries)
+    return table(rows)
+
+
+def drained(result):
+    """The line for a drain of the scrub queue (a queue.DrainResult)."""
+    return ('Drained %d entries, %s reclaimed; %d failed and will be '
+            'retried; %d parked.' % (result.drained,
+                                     fmt.mib(result.bytes_reclaimed),
+                                     result.failed, result.parked))
+
+
+def restored(entry):
+    return 'Restored entry %d: %s' % (entry.id, entry.path)
+
+
+def queued_again(entry):
+    return 'Queued entry %d again: %s' % (entry.id, entry.path)
+
+
+# precache
+
+def download_progress(image_id, done, total, rate):
+    """One download's bytes so far of ``total``, at ``rate`` bytes/s."""
+    return '%s: %s of %s (%d%%), %s/s' % (
+        image_id, fmt.mib(done), fmt.mib(total), 100 * done // max(total, 1),
+        fmt.mib(rate))
+
+
+# demo create
+
+def demo_host(summary):
+    """What ``demo create`` built (a demo.Summary), for a newcomer."""
+    lines = [
+        '%s the cachekeeper demo host in %s (%.1f s).' % (
+            'Rebuilt' if summary.rebuilt else 'Built', summary.path,
+            summary.seconds),
+        '',
+        'Image cache %s (%d entries):' % (
+            summary.cache_dir, len(summary.cache_entries)),
+    ]
+    for entry in summary.cache_entries:
+        used_by = demo.users(entry.name)
+        lines += [
+            '  %-7s %-10s %s' % (_demo_age(entry.age), entry.kind,
+                                 entry.name),
+            '  %-18s %s; %s' % ('', entry.about,
+                                'used by ' + ', '.join(used_by)
+                                if used_by else 'unused'),
+        ]
+    lines += ['', 'Instances in %s (%d):' % (
+        summary.instances_path, len(summary.instances))]
+    for instance in summary.instances:
+        lines.append('  %-9s %s%s' % (
+            instance.name, instance.uuid,
+            ' (and its _resize directory)'
+            if instance.resize_source_disks else ''))
+    lines += [
+        '',
+        'State:  %s' % summary.state_path,
+        'Config: %s' % summary.config_file,
+        '',
+        'Run the daemon on it (Ctrl-C stops it):',
+        '  cachekeeper --config-file %s' % summary.config_file,
+    ]
+    return lines
+
+
+def _demo_age(age):
+    if age is None:
+        return '-'
+    if age >= 24 * 3600:
+        return '%d days' % (age // (24 * 3600))
+    if age >= 3600:
+        return '%d h' % (age // 3600)
+    return '%d min' % (age // 60)

@@ -1,0 +1,143 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""CacheManager.run_pass in process, as the daemon runs it.
+
+On real files, a real qcow2 overlay and a real state database: a pass
+keeps its books (the scrub queue, the ledger, the totals, nova's storage
+registry, the report and metrics files); a dry run evaluates, executes dry
+and reports, and keeps none. A bookkeeping step that fails never fails the
+pass: it is warned once, and said resolved once it works again.
+"""
+
+import json
+import logging
+import os
+
+from oslo_config import cfg
+import pytest
+
+from cachekeeper.cache import registry
+import cachekeeper.conf
+from cachekeeper import config
+from cachekeeper import manager
+from cachekeeper import report
+from cachekeeper.scrub import queue
+from cachekeeper.state import ledger
+from cachekeeper.state import totals
+from tests.lib import hosttree
+
+X = hosttree.image('image-x')
+U = hosttree.image('unused-image')
+OLD = 2 * hosttree.DAY
+UUID = '6f1c4a52-2d0e-4c36-9a51-00000000000a'
+
+
+class Host(hosttree.HostTree):
+    """A host with an instance on X, an old unused U and a metrics file."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.metrics_file = os.path.join(self.root, 'metrics',
+                                         'cachekeeper.prom')
+        os.mkdir(os.path.dirname(self.metrics_file))
+        self.report_file = os.path.join(self.state_path, report.REPORT_FILE)
+        self.base(X, OLD)
+        self.base(U, OLD)
+        self.instance(UUID, {'disk': self.cache_path(X)})
+        with open(self.config_file, 'a') as f:
+            f.write('[DEFAULT]\nmetrics_file = %s\n' % self.metrics_file)
+
+    def conf(self):
+        conf = cfg.ConfigOpts()
+        cachekeeper.conf.register_opts(conf)
+        config.parse_args(['cachekeeper', '--config-file', self.config_file],
+                          conf=conf)
+        return conf
+
+
+@pytest.fixture
+def host(tmp_path):
+    return Host(tmp_path)
+
+
+@pytest.fixture
+def cache_manager(host):
+    conf = host.conf()
+    scrub_queue = queue.from_conf(conf)
+    scrub_queue.check_quarantine_dir()
+    yield manager.CacheManager(conf, scrub_queue)
+    scrub_queue.close()
+
+
+def _verdicts(result):
+    return {os.path.basename(f.path): f.verdict for f in result.files}
+
+
+def test_a_pass_keeps_its_books(host, cache_manager):
+    result = cache_manager.run_pass()
+
+    assert _verdicts(result) == {X: 'in_use', U: 'queued'}
+    assert result.exit_code == 0
+    assert not os.path.exists(host.cache_path(U))
+    state_db = cache_manager.scrub_queue.state_db
+    assert [e.name for e in cache_manager.scrub_queue.entries()] == [U]
+    assert ledger.lookup(state_db, X).last_seen_in_use is not None
+    assert ledger.lookup(state_db, U).first_seen_unused is not None
+    assert totals.read(state_db)['errors'] == 0
+    assert 'compute-test' in registry.read(host.instances_path).hosts
+    with open(host.report_file) as f:
+        assert json.load(f)['summary'] == result.summary
+    assert os.path.isfile(host.metrics_file)
+
+
+def test_a_dry_run_keeps_no_books(host, cache_manager):
+    before = hosttree.snapshot(host.instances_path)
+
+    result = cache_manager.run_pass(dry_run=True)
+
+    assert _verdicts(result) == {X: 'in_use', U: 'queued'}
+    assert result.dry_run and result.exit_code == 0
+    # Nothing touched, queued, locked or registered.
+    assert hosttree.snapshot(host.instances_path) == before
+    state_db = cache_manager.scrub_queue.state_db
+    assert cache_manager.scrub_queue.entries() == []
+    assert ledger.lookup(state_db, X) is None
+    assert ledger.lookup(state_db, U) is None
+    assert set(totals.read(state_db).values()) == {0}
+    assert not os.path.exists(host.report_file)
+    assert not os.path.exists(host.metrics_file)
+
+
+def test_a_failed_bookkeeping_step_is_warned_once(host, cache_manager,
+                                                  caplog):
+    caplog.set_level(logging.INFO, logger='cachekeeper')
+    # The metrics file cannot be written while its directory is missing.
+    os.rmdir(os.path.dirname(host.metrics_file))
+    what = 'Cannot write the metrics file %s: ' % host.metrics_file
+
+    results = [cache_manager.run_pass() for _ in range(3)]
+
+    assert [r.exit_code for r in results] == [0, 0, 0]
+    warned = [r for r in caplog.records if r.getMessage().startswith(what)]
+    assert [r.levelname for r in warned] == ['WARNING']
+    # The other books were kept.
+    assert os.path.isfile(host.report_file)
+    assert [e.name for e in cache_manager.scrub_queue.entries()] == [U]
+
+    os.mkdir(os.path.dirname(host.metrics_file))
+    cache_manager.run_pass()
+
+    assert os.path.isfile(host.metrics_file)
+    resolved = [r for r in caplog.records
+                if r.getMessage().startswith('Resolved: ' + what)]
+    assert [r.levelname for r in resolved] == ['INFO']

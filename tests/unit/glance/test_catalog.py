@@ -1,0 +1,28 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import pytest
+
+from cachekeeper.glance import catalog
+
+
+def test_parse_pin_property():
+    assert catalog.parse_pin_property('cachekeeper_pinned=true') == (
+        'cachekeeper_pinned', 'true')
+    assert catalog.parse_pin_property(' k = a=b') == ('k', 'a=b')
+    assert catalog.parse_pin_property('') is None
+
+
+@pytest.mark.parametrize('text', ['novalue', '=true', ' =x'])
+def test_parse_pin_property_refuses(text):
+    with pytest.raises(ValueError):
+        catalog.parse_pin_property(text)
