@@ -170,8 +170,8 @@ def _cross_option_problems(conf):
     if not os.path.isabs(conf.instances_path):
         problem('DEFAULT', 'instances_path', 'must be an absolute path')
     name = ic.subdirectory_name
-    if (not name or name in ('.', '..') or os.sep in name
-            or '\0' in name or name == 'locks'):
+    if (not name or name in ('.', '..') or os.sep in name or
+            '\0' in name or name == 'locks'):
         problem('image_cache', 'subdirectory_name',
                 'must be a single path component below instances_path, '
                 'got %r' % name)
@@ -187,8 +187,8 @@ def _cross_option_problems(conf):
         problem('DEFAULT', 'host', 'must not be empty')
     # A relative instances_path makes the default quarantine_dir relative
     # too; one line about the cause is enough.
-    if (os.path.isabs(conf.instances_path)
-            and not os.path.isabs(conf.scrubber.quarantine_dir)):
+    if (os.path.isabs(conf.instances_path) and
+            not os.path.isabs(conf.scrubber.quarantine_dir)):
         problem('scrubber', 'quarantine_dir', 'must be an absolute path')
     backend_problem = _backend_url_problem(conf.coordination.backend_url)
     if backend_problem:

@@ -361,8 +361,8 @@ class Coordinator:
         A held lock's lease runs from the call that last renewed it, which
         started at ``_answered_at`` or later.
         """
-        return (self._answered_at is not None and self._clock()
-                < self._answered_at + self._lease * CONFIRMED_PART)
+        return (self._answered_at is not None and self._clock() <
+                self._answered_at + self._lease * CONFIRMED_PART)
 
     def _beat(self):
         """One heartbeat; return the seconds until the next one."""

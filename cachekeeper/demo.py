@@ -231,8 +231,8 @@ def users(cache_name):
             found.append(instance.name)
         if cache_name in [disk.base for disk in instance.resize_source_disks]:
             found.append(instance.name + names.RESIZE_SUFFIX)
-        if (instance.root_image
-                and cache_name == original_name(instance.root_image)):
+        if (instance.root_image and
+                cache_name == original_name(instance.root_image)):
             found.append(instance.name + ' (libvirt.xml only)')
     return found
 
@@ -329,8 +329,8 @@ def _make_cache_entries(instances_path):
         _make_sparse_file(path, entry.size)
         # nova's lock file for the base (a download residue was written
         # under the lock of the file it was to become).
-        lock_name = 'nova-' + (names.download_target(entry.name)
-                               or entry.name)
+        lock_name = 'nova-' + (names.download_target(entry.name) or
+                               entry.name)
         with open(os.path.join(locks_dir, lock_name), 'a'):
             pass
 

@@ -352,8 +352,8 @@ class CacheManager:
         in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
         held = set(evaluation.held)
         unused = [f.path for f in outcome.files
-                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED)
-                  or os.path.basename(f.path) in held]
+                  if f.verdict in (facts.TOO_YOUNG, facts.QUEUED) or
+                  os.path.basename(f.path) in held]
         ledger.record_usage(
             self.scrub_queue.state_db,
             [os.path.basename(p) for p in in_use],
@@ -396,8 +396,8 @@ class CacheManager:
         after = None if dry_run else self._filesystem()
         cache_after = (result.cache['allocated_bytes'] if result.cache
                        else outcome.cache_bytes)
-        within = (budget.excess(limits, cache_after, after) == (0, 0)
-                  and not dry_run)
+        within = (budget.excess(limits, cache_after, after) == (0, 0) and
+                  not dry_run)
         return {
             'max_cache_bytes': limits.max_cache_bytes,
             'high_watermark_percent': limits.high_percent,

@@ -59,8 +59,8 @@ def manager_interval(paths):
                 found['config_files'].append(path)
                 found['error'] = 'cannot read %s: %s' % (path, e)
             continue
-        if not (_named_like_nova(path)
-                or parser.has_option('DEFAULT', 'compute_driver')):
+        if not (_named_like_nova(path) or
+                parser.has_option('DEFAULT', 'compute_driver')):
             continue
         found = found or _nova_document()
         found['config_files'].append(path)

@@ -43,7 +43,8 @@ def _escaped(match):
 def escape(text):
     """Return ``text`` with what a log line or terminal must not show as
     it is escaped: a newline as \\n, ESC as \\x1b, a byte that is not
-    UTF-8 as \\xNN."""
+    UTF-8 as \\xNN.
+    """
     return _UNSAFE.sub(_escaped, text)
 
 

@@ -115,8 +115,8 @@ class PassReport:
 
     def _budget_text(self):
         budget = self.budget
-        if not budget or not (budget['over_size']
-                              or budget['over_watermark']):
+        if not budget or not (budget['over_size'] or
+                              budget['over_watermark']):
             return ''
         over = []
         if budget['over_size']:

@@ -144,8 +144,8 @@ class CacheKeeperService(service.Service):
     @staticmethod
     def _wants_leadership():
         # A host that would never remove must leave the removing to others.
-        return (pass_interval() is not None
-                and CONF.image_cache.remove_unused_base_images)
+        return (pass_interval() is not None and
+                CONF.image_cache.remove_unused_base_images)
 
     def _config_changed(self, conf, fresh):
         # Read by the loop: mutate hooks run in no set order, and values

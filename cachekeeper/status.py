@@ -101,8 +101,8 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
         'last_pass': _last_pass(last_pass),
         'queue': {
             'entries': {state: counts.get(state, 0)
-                        for state in scrub_entries.ACTIVE_STATES
-                        + scrub_entries.FINAL_STATES},
+                        for state in scrub_entries.ACTIVE_STATES +
+                        scrub_entries.FINAL_STATES},
             'quarantined_bytes': sum(e.allocated for e in waiting),
             'parked': [{'id': e.id, 'path': e.path,
                         'last_error': e.last_error}
@@ -202,8 +202,8 @@ def _warnings(document, limits, filesystem, conf, now):
                         '[image_cache] thrash_window_seconds in the last '
                         'pass: see the log' % last_pass['comebacks'])
     finished = last_pass['finished_at']
-    if (finished is not None and interval > 0
-            and now - finished > OVERDUE_INTERVALS * interval):
+    if (finished is not None and interval > 0 and
+            now - finished > OVERDUE_INTERVALS * interval):
         warnings.append('the last pass finished %s ago, more than %d '
                         'intervals of %s: is the daemon running?' % (
                             fmt.duration(now - finished),

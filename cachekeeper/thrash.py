@@ -107,8 +107,8 @@ def detect(state_db, base_files, now, window):
             scrub_entries.set_returned(connection, entry.id, came_back_at)
             # An earlier removal of the same name counts once, with the
             # latest.
-            if (entry.path in counted
-                    or came_back_at - entry.queued_at > window):
+            if (entry.path in counted or
+                    came_back_at - entry.queued_at > window):
                 continue
             counted.add(entry.path)
             comebacks.append(Comeback(
@@ -124,6 +124,6 @@ def _recorded_file(base_file, entry):
 
     It is when another pass quarantined it after this pass's scan.
     """
-    return (base_file.ino == entry.ino
-            and abs(base_file.mtime - entry.mtime_ns / 1e9)
-            < _MTIME_TOLERANCE)
+    return (base_file.ino == entry.ino and
+            abs(base_file.mtime - entry.mtime_ns / 1e9) <
+            _MTIME_TOLERANCE)

@@ -188,10 +188,10 @@ def excess(limits, cache_bytes, filesystem):
     if limits.max_cache_bytes and cache_bytes > limits.max_cache_bytes:
         size_excess = cache_bytes - limits.max_cache_bytes
     filesystem_excess = 0
-    if (filesystem is not None and filesystem.size
-            and filesystem.used * 100 > limits.high_percent * filesystem.size):
-        filesystem_excess = (filesystem.used
-                             - limits.low_percent * filesystem.size // 100)
+    if (filesystem is not None and filesystem.size and
+            filesystem.used * 100 > limits.high_percent * filesystem.size):
+        filesystem_excess = (filesystem.used -
+                             limits.low_percent * filesystem.size // 100)
     return size_excess, filesystem_excess
 
 
@@ -296,8 +296,8 @@ def _lru_key(decision, last_used):
 def _evictable(decision, usage, last_used, limits, now):
     """Whether an unused file may be evicted; None if it is not unused."""
     base_file = decision.base_file
-    if (decision.verdict != facts.TOO_YOUNG
-            or base_file.kind not in EVICTABLE_KINDS):
+    if (decision.verdict != facts.TOO_YOUNG or
+            base_file.kind not in EVICTABLE_KINDS):
         return None
     if usage.doubts_about(base_file.name):
         return False

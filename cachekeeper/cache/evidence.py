@@ -132,7 +132,8 @@ class Directory:
 
     def local_doubt(self, source, message):
         """Record that ``source`` could not be read, though the disks of
-        this directory still were: it can hide no more than they use."""
+        this directory still were: it can hide no more than they use.
+        """
         LOG.debug('Doubt about %s (what its directory uses): %s', source,
                   message)
         self.local_doubts.append((source, message))
@@ -153,7 +154,8 @@ class Directory:
 
     def all_references(self, cache_names):
         """The references, those of the metadata expanded for the
-        names.CacheNames ``cache_names``."""
+        names.CacheNames ``cache_names``.
+        """
         if not self.metadata:
             return self.references
         if self._expanded[0] is not cache_names:
@@ -195,7 +197,8 @@ class Directory:
 @dataclasses.dataclass(slots=True)
 class InstanceDirectory:
     """An instance directory as listed: its stat (following symlinks) and,
-    when it is no symlink, its real path."""
+    when it is no symlink, its real path.
+    """
 
     path: str
     st: os.stat_result
@@ -313,7 +316,8 @@ class Memory:
 
     def cache_names_of(self, cache_names):
         """The names.CacheNames of ``cache_names``; the last pass's if they
-        are equal (references expanded for it are kept with it)."""
+        are equal (references expanded for it are kept with it).
+        """
         cache_names = frozenset(cache_names)
         if cache_names != self.cache_names.names:
             self.cache_names = names.CacheNames(cache_names)

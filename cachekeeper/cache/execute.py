@@ -131,8 +131,8 @@ def execute(decisions, inventory, instances_path, policy, quarantine,
 
 
 def _queues_for_removal(decision):
-    return (decision.verdict == facts.REMOVABLE
-            and decision.base_file.kind != facts.RESIDUE)
+    return (decision.verdict == facts.REMOVABLE and
+            decision.base_file.kind != facts.RESIDUE)
 
 
 def _interrupted(decision):
@@ -185,8 +185,8 @@ class _Executor:
             return
         self.release()
         end = index
-        while (end < len(decisions) and end - index < BATCH_WINDOW
-               and len(self._batch_locked) < BATCH_LOCKS):
+        while (end < len(decisions) and end - index < BATCH_WINDOW and
+               len(self._batch_locked) < BATCH_LOCKS):
             if _queues_for_removal(decisions[end]):
                 name = decisions[end].base_file.name
                 try:
@@ -210,7 +210,8 @@ class _Executor:
 
     def _recheck_references(self, name):
         """Return (references, doubts) of ``name`` from a recheck under
-        its lock: the batch's, made for all of it when first needed."""
+        its lock: the batch's, made for all of it when first needed.
+        """
         if name in self._unrechecked:
             pending, self._unrechecked = sorted(self._unrechecked), set()
             self._rechecked = self.inventory.recheck_many(pending)
@@ -227,8 +228,8 @@ class _Executor:
         try:
             if decision.verdict == facts.IN_USE:
                 return self._refresh(decision)
-            if (decision.verdict == facts.REMOVABLE
-                    and decision.base_file.kind == facts.RESIDUE):
+            if (decision.verdict == facts.REMOVABLE and
+                    decision.base_file.kind == facts.RESIDUE):
                 return self._remove_residue(decision)
             if decision.verdict == facts.REMOVABLE:
                 return self._remove_if_unused(decision)

@@ -183,8 +183,8 @@ class InspectionCache:
             stale = []
             if prune:
                 stale = [(table, key) for table, key in self._entries
-                         if (table, key) not in self._used
-                         and key[:2] not in self._kept_inodes]
+                         if (table, key) not in self._used and
+                         key[:2] not in self._kept_inodes]
                 self._used = set()
                 self._kept_inodes = set()
             for entry_key in stale:

@@ -67,8 +67,8 @@ def _moved(before, after):
         if by_inode.get(ino, name) != name:
             return True
         now = after.get(name)
-        if (now is not None and now[0] == ino and now[1] == mtime_ns
-                and now[2] != ctime_ns):
+        if (now is not None and now[0] == ino and now[1] == mtime_ns and
+                now[2] != ctime_ns):
             return True
     return False
 

@@ -137,7 +137,8 @@ def download_target(name):
 
 def is_disk_name(name):
     """Whether nova's libvirt driver names a disk ``name`` in an instance
-    directory."""
+    directory.
+    """
     return _DISK_NAME.fullmatch(name) is not None
 
 

@@ -78,14 +78,14 @@ def deleted_in_glance(base_file, catalog):
 
     Only an original is named after its image.
     """
-    return (catalog is not None
-            and base_file.kind == facts.ORIGINAL
-            and base_file.name in catalog.deleted_names)
+    return (catalog is not None and
+            base_file.kind == facts.ORIGINAL and
+            base_file.name in catalog.deleted_names)
 
 
 def _pinned_reason(name, kind, policy, catalog):
-    if not policy.pinned_names and (catalog is None
-                                    or not catalog.pinned_names):
+    if not policy.pinned_names and (catalog is None or
+                                    not catalog.pinned_names):
         return None
     pins = [(policy.pinned_names, 'pinned by [image_cache] pinned_images')]
     if catalog is not None:
@@ -95,8 +95,8 @@ def _pinned_reason(name, kind, policy, catalog):
     for pinned_names, reason in pins:
         if name in pinned_names:
             return reason
-        if (kind in names.IMAGE_VARIANT_KINDS
-                and names.original_of(name) in pinned_names):
+        if (kind in names.IMAGE_VARIANT_KINDS and
+                names.original_of(name) in pinned_names):
             return 'copy of %s, %s' % (names.original_of(name), reason)
     return None
 

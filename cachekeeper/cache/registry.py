@@ -146,9 +146,9 @@ def parse(data):
     if not isinstance(hosts, dict):
         raise RegistryError('not a JSON object of hosts and times')
     for host, timestamp in hosts.items():
-        if (isinstance(timestamp, bool)
-                or not isinstance(timestamp, (int, float))
-                or not math.isfinite(timestamp)):
+        if (isinstance(timestamp, bool) or
+                not isinstance(timestamp, (int, float)) or
+                not math.isfinite(timestamp)):
             raise RegistryError('the entry of host %r is %r, not a time'
                                 % (host, timestamp))
     return {host: float(timestamp) for host, timestamp in hosts.items()}

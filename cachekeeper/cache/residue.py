@@ -71,8 +71,8 @@ def places(conf, report_prefix, backend_dir=None):
     yield paths.cache_dir(conf), _prefix(names.DIRECT_IO_PROBE_PREFIX)
     if conf.metrics_file:
         # prometheus_client's write_to_textfile: <file>.<pid>.<thread id>
-        pattern = re.compile(re.escape(os.path.basename(conf.metrics_file))
-                             + r'\.[0-9]+\.[0-9]+')
+        pattern = re.compile(re.escape(os.path.basename(conf.metrics_file)) +
+                             r'\.[0-9]+\.[0-9]+')
         yield os.path.dirname(conf.metrics_file), pattern.fullmatch
 
 

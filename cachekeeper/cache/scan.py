@@ -75,11 +75,11 @@ def base_file(path, st, name=None):
 
 def _unchanged(known, path, st):
     """Whether the BaseFile ``known`` describes ``path`` with lstat ``st``."""
-    return (known.ino == st.st_ino and known.dev == st.st_dev
-            and known.mtime == st.st_mtime and known.size == st.st_size
-            and known.allocated == st.st_blocks * 512
-            and known.path == path
-            and known.file_type == file_type(st.st_mode))
+    return (known.ino == st.st_ino and known.dev == st.st_dev and
+            known.mtime == st.st_mtime and known.size == st.st_size and
+            known.allocated == st.st_blocks * 512 and
+            known.path == path and
+            known.file_type == file_type(st.st_mode))
 
 
 def scan(cache_dir, previous=None):

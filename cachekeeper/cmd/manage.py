@@ -267,8 +267,8 @@ class _Progress:
 
     def __call__(self, done, total):
         now = time.monotonic()
-        if (self.shown_at is not None and done < total
-                and now - self.shown_at < self.INTERVAL):
+        if (self.shown_at is not None and done < total and
+                now - self.shown_at < self.INTERVAL):
             return
         self.shown_at = now
         rate = done / max(now - self.started, 1e-3)

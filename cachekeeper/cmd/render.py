@@ -144,8 +144,8 @@ def _last_pass_lines(last_pass):
                           fmt.size(last_pass['bytes_reclaimed'] or 0),
                           last_pass['errors'], last_pass['comebacks'])))
     budget_report = last_pass['budget']
-    if budget_report and (budget_report['over_size']
-                          or budget_report['over_watermark']):
+    if budget_report and (budget_report['over_size'] or
+                          budget_report['over_watermark']):
         lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
             budget_report['evicted_files'],
             fmt.size(budget_report['evicted_bytes']),
@@ -162,8 +162,8 @@ def _files_table(last_pass):
         if counted is None:
             continue
         by_verdict = last_pass['files'][kind]
-        rows.append([kind, str(counted['files']), fmt.size(counted['bytes'])]
-                    + [str(by_verdict.get(v, {}).get('files', 0))
+        rows.append([kind, str(counted['files']), fmt.size(counted['bytes'])] +
+                    [str(by_verdict.get(v, {}).get('files', 0))
                        for v in verdicts])
     return table(rows, right_aligned=True)
 

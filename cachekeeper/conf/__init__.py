@@ -33,7 +33,6 @@ ALL_MODULES = (
 )
 
 
-
 def register_opts(conf):
     for module in ALL_MODULES:
         module.register_opts(conf)

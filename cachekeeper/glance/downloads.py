@@ -331,8 +331,8 @@ class Precacher:
         chunks = iter(body)
         done = 0
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                         | os.O_CLOEXEC, 0o644)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                         os.O_CLOEXEC, 0o644)
             created.append(part)
             with open(fd, 'wb') as f:
                 while True:

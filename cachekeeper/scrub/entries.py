@@ -197,8 +197,8 @@ def transition(state_db, entry_id, from_states, to_state, now, **changes):
     assignments.extend('%s = ?' % column for column in changes)
     sql = 'UPDATE scrub_entry SET %s WHERE id = ? AND %s' % (
         ', '.join(assignments), _in(from_states))
-    parameters = ((to_state, now) + tuple(changes.values())
-                  + (entry_id,) + tuple(from_states))
+    parameters = ((to_state, now) + tuple(changes.values()) +
+                  (entry_id,) + tuple(from_states))
     with state_db.transaction() as connection:
         return connection.execute(sql, parameters).rowcount == 1
 

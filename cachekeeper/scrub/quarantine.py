@@ -53,8 +53,8 @@ class QuarantineError(Exception):
 
 
 def _is_file_name(name):
-    return (bool(name) and name not in ('.', '..') and os.sep not in name
-            and '\0' not in name)
+    return (bool(name) and name not in ('.', '..') and os.sep not in name and
+            '\0' not in name)
 
 
 @contextlib.contextmanager
@@ -230,8 +230,8 @@ class Quarantine:
         directly in it.
         """
         name = os.path.basename(entry.quarantine_path)
-        if (not _is_file_name(name) or entry.quarantine_path
-                != os.path.join(self.host_dir, name)):
+        if (not _is_file_name(name) or entry.quarantine_path !=
+                os.path.join(self.host_dir, name)):
             raise entries.ScrubError(
                 'entry %d: %s is not in this host\'s quarantine directory %s'
                 % (entry.id, entry.quarantine_path, self.host_dir))
@@ -239,8 +239,8 @@ class Quarantine:
 
     def _in_cache_dir(self, entry):
         """Whether the entry's path is a file name directly in the cache."""
-        return (_is_file_name(entry.name)
-                and entry.path == os.path.join(self.cache_dir, entry.name))
+        return (_is_file_name(entry.name) and
+                entry.path == os.path.join(self.cache_dir, entry.name))
 
     def check_cache_path(self, entry):
         """Refuse (entries.ScrubError) a path not directly in the cache."""

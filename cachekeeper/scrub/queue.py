@@ -162,7 +162,8 @@ class ScrubQueue:
 
     def queued(self):
         """Return (id, allocated, queued_at) of each queued entry, oldest
-        first: what the disk-space budget needs of them at every pass."""
+        first: what the disk-space budget needs of them at every pass.
+        """
         return entries.queued(self.state_db)
 
     def counts(self):

@@ -234,8 +234,8 @@ def _check_directory(state_path):
 def _create_private_file(path):
     """Create the database file 0600 (or make an existing one 0600)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, _FILE_MODE)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, _FILE_MODE)
     except OSError as e:
         raise StateError('cannot open state database %s: %s'
                          % (path, e.strerror))

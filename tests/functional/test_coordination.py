@@ -146,8 +146,8 @@ def test_file_backend_tree_is_made_before_tooz_makes_it(cluster):
     driver = file_driver.FileDriver(
         b'probe', urllib.parse.urlsplit(cluster.url), {})
     made = [os.path.join(directory, name)
-            for name in coordination.FILE_BACKEND_DIRS
-            + (coordination.FILE_BACKEND_DRIVER_LOCK,)]
+            for name in coordination.FILE_BACKEND_DIRS +
+            (coordination.FILE_BACKEND_DRIVER_LOCK,)]
     assert sorted([directory] + made) == sorted(driver._reserved_paths)
     for path in made + [os.path.join(directory, leader.lock_name)]:
         assert os.path.exists(path), path

@@ -117,7 +117,8 @@ def backdate_disks(host):
 
 def instance_on_a(host):
     """Instance directory 'inst' with a disk over cache file A, all past
-    the racy window."""
+    the racy window.
+    """
     host.base('A')
     inst = host.instance_over('inst', 'A')
     host.backdate()

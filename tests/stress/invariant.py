@@ -47,8 +47,8 @@ def instance_disks(instances_path):
     except FileNotFoundError:
         return
     for name in names:
-        if (name in _NOT_INSTANCES or name.startswith('.')
-                or name.endswith(novasim.DELETE_SUFFIX)):
+        if (name in _NOT_INSTANCES or name.startswith('.') or
+                name.endswith(novasim.DELETE_SUFFIX)):
             continue
         for disk in novasim.DISK_NAMES:
             path = os.path.join(instances_path, name, disk)

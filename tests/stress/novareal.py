@@ -79,6 +79,8 @@ SWAP_MB = (0, 1, 2)
 EPHEMERAL_GB = (0, 1)
 
 RESCUE_SUFFIX = '.rescue'
+# The module whose frames a failed spawn's traceback is cut to.
+IMAGEBACKEND = os.path.join('libvirt', 'imagebackend.py')
 # The step of nova's code a failure came from: the first of these functions
 # called from Qcow2.create_image or Image.cache.
 STEPS = {
@@ -120,8 +122,8 @@ def failed_step(tb):
     frames = traceback.extract_tb(tb)
     start = 0
     for index, frame in enumerate(frames):
-        if (frame.filename.endswith(os.path.join('libvirt', 'imagebackend.py'))
-                and frame.name in ('cache', 'create_image')):
+        if (frame.filename.endswith(IMAGEBACKEND) and
+                frame.name in ('cache', 'create_image')):
             start = index + 1
     for frame in frames[start:]:
         if frame.name in STEPS:
@@ -289,8 +291,8 @@ class Compute:
         since_touch = (time.monotonic() - self.last_touch
                        if self.last_touch is not None else None)
         if step in AFTER_TOUCH and (since_touch is not None and
-                                    since_touch >= self.args.min_age
-                                    - AGE_SLACK):
+                                    since_touch >= self.args.min_age -
+                                    AGE_SLACK):
             step += ' (aged out)'
         elif step not in NOVA_WINDOW:
             self.violate('%s failed at step %s, %s after the touch: %s' % (

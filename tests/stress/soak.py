@@ -239,8 +239,8 @@ def _write_config(host, backend):
 
 def _log_problems(log):
     return [line for line in log.splitlines()
-            if 'Traceback' in line or 'Logging error' in line
-            or ' ERROR ' in line][:20]
+            if 'Traceback' in line or 'Logging error' in line or
+            ' ERROR ' in line][:20]
 
 
 def _flatness_problems(result):
@@ -248,8 +248,8 @@ def _flatness_problems(result):
     if not first or not last:
         return ['too few samples: %d' % len(result.samples)]
     problems = []
-    growth = (statistics.median(s.rss for s in last)
-              - statistics.median(s.rss for s in first))
+    growth = (statistics.median(s.rss for s in last) -
+              statistics.median(s.rss for s in first))
     if growth > RSS_ALLOWANCE:
         problems.append('resident memory grew by %d KiB' % (growth // 1024))
     for key, allowance in (('fds', FD_ALLOWANCE),

@@ -76,8 +76,8 @@ def test_nova_race(tmp_path):
     # violation), and rare.
     for name in result.failed_spawns:
         step = name.split(' ', 1)[1] if name.startswith('rescue ') else name
-        assert (step in novareal.NOVA_WINDOW
-                or step.endswith(' (aged out)')), summary
+        assert (step in novareal.NOVA_WINDOW or
+                step.endswith(' (aged out)')), summary
     failed = sum(result.failed_spawns.values())
     assert failed <= result.cycles // 20, summary
     assert result.log_problems == [], result.log_problems

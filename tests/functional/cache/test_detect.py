@@ -212,9 +212,9 @@ def test_detection_agrees_with_qemu_img_probing(samples):
             # open, no pass can read through.
             continue
         # qemu-img refuses a backing file for parallels images.
-        assert (QEMU_NAMES.get(detected, detected) == probed
-                or inspect.has_backing(detected)
-                or probed == 'parallels'), name
+        assert (QEMU_NAMES.get(detected, detected) == probed or
+                inspect.has_backing(detected) or
+                probed == 'parallels'), name
 
 
 def test_every_format_of_the_inspector_is_a_sample():

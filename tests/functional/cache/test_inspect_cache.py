@@ -282,7 +282,8 @@ IMAGES = ('a' * 40, 'b' * 40)
 
 def counting_qemu_img(bin_dir, record):
     """A qemu-img first on PATH that records each call, then runs the
-    real one."""
+    real one.
+    """
     bin_dir.mkdir()
     script = bin_dir / 'qemu-img'
     script.write_text('#!/bin/sh\necho "$@" >> %s\nexec %s "$@"\n' % (

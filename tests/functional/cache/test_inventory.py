@@ -135,7 +135,8 @@ def test_unreadable_paths_are_doubts(host, tmp_path):
 
 class ListingRace:
     """os.scandir that lets nova act once on a directory, right after its
-    names are read and before the pass stats them."""
+    names are read and before the pass stats them.
+    """
 
     def __init__(self, monkeypatch):
         self.actions = {}

@@ -83,10 +83,10 @@ class CrashTree(scrubtree.ScrubTree):
         in_cache = self.inodes(self.cache_dir)
         in_quarantine = self.inodes(self.host_dir())
         for ino, content in self.contents.items():
-            active = [e for e in entries if e.ino == ino
-                      and e.state in scrub_entries.ACTIVE_STATES]
-            drained = [e for e in entries if e.ino == ino
-                       and e.state == scrub_entries.DRAINED]
+            active = [e for e in entries if e.ino == ino and
+                      e.state in scrub_entries.ACTIVE_STATES]
+            drained = [e for e in entries if e.ino == ino and
+                       e.state == scrub_entries.DRAINED]
             if ino in in_cache:
                 assert ino not in in_quarantine
                 assert (active, drained) == ([], [])

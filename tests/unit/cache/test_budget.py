@@ -78,8 +78,8 @@ def by_name(decisions):
 
 
 def evicted_names(decisions):
-    return [d.base_file.name for d in decisions if d.drain_now
-            and d.reason.startswith(budget.OVER_BUDGET + ' (')]
+    return [d.base_file.name for d in decisions if d.drain_now and
+            d.reason.startswith(budget.OVER_BUDGET + ' (')]
 
 
 def test_a_cache_within_its_budget_is_left_as_planned():

@@ -90,8 +90,8 @@ def status_document(last_pass=None, filesystem=True, **extra):
             'over_high_watermark': False} if filesystem else None,
         'last_pass': last_pass,
         'queue': {'entries': {state: 0 for state in
-                              scrub_entries.ACTIVE_STATES
-                              + scrub_entries.FINAL_STATES},
+                              scrub_entries.ACTIVE_STATES +
+                              scrub_entries.FINAL_STATES},
                   'quarantined_bytes': 0, 'parked': []},
         'totals': {'reclaimed_bytes': 4 * MiB, 'errors': 1, 'comebacks': 2},
         'thrash_window_seconds': 2 * HOUR,
