@@ -51,6 +51,19 @@ without regard to case) are pinned like those in ``[image_cache]
 pinned_images``: never removed, and downloaded when missing. Empty: no
 image is pinned by property.
 """),
+    cfg.BoolOpt('allow_md5_fallback',
+        default=False,
+        mutable=True,
+        help="""
+What to do with a download whose Glance multihash algorithm
+(``os_hash_algo``, sha512 by default) this host's Python cannot compute,
+for instance under a FIPS policy that leaves it out. False, the default:
+refuse the download, as glanceclient does by default. True: verify it with
+Glance's md5 ``checksum`` instead, a weaker check, told once per algorithm
+in the log. Images that Glance never gave a multihash (uploaded before
+Glance had one) are verified with md5 either way, as glanceclient does:
+that is all Glance has for them.
+"""),
 ]
 
 # Defaults of keystoneauth options that suit a daemon better than

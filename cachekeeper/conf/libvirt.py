@@ -16,8 +16,11 @@ libvirt_group = cfg.OptGroup(
     'libvirt',
     title='Libvirt Options',
     help="""
-The options of nova's ``[libvirt]`` group that bear on disk inspection. They
-keep nova's names and defaults.
+The options of nova's ``[libvirt]`` group that bear on disk inspection:
+nova's own options of these names, with nova's defaults (those of the nova
+release the tests run; older releases hard-coded 30 s and 1 GiB). The unit
+reads nova.conf first, so a value set there limits nova's qemu-img and
+cachekeeper's alike: what nova can inspect, cachekeeper can.
 """)
 
 libvirt_opts = [
@@ -25,12 +28,24 @@ libvirt_opts = [
         default=30,
         min=1,
         mutable=True,
-        help='CPU time process limit in seconds for qemu-img'),
+        help="""
+Seconds of CPU time a ``qemu-img info`` may use before the kernel kills it
+(RLIMIT_CPU). It bounds what a crafted image can make qemu-img compute, not
+how long it may wait: a disk on a hung NFS server is bounded by
+``[image_cache] inspect_timeout``. 30 s, nova's default, is generous for
+``info`` on any real image; a disk whose inspection is killed is reported
+and holds back the files it could use.
+"""),
     cfg.IntOpt('images_address_space_limit',
         default=2,
         min=1,
         mutable=True,
-        help='Address space process limit in gigabytes for qemu-img'),
+        help="""
+GiB of address space a ``qemu-img info`` may map (RLIMIT_AS), against
+images crafted to exhaust memory. The default is nova's. Lower than nova's,
+a disk that nova's qemu-img reads could be one cachekeeper's cannot, and
+that disk would hold back the files it could use.
+"""),
 ]
 
 

@@ -85,11 +85,17 @@ class PrecacheResult:
         return text
 
 
-def _expected_hash(image):
+# The multihash algorithms already told to be verified with md5 instead.
+_md5_fallbacks_told = set()
+
+
+def _expected_hash(image, allow_md5_fallback):
     """(hash object, expected hex digest, algorithm) to verify a download.
 
-    Glance's multihash first, its md5 ``checksum`` when the algorithm is
-    unknown here or missing.
+    Glance's multihash first. Its md5 ``checksum`` when the image has no
+    multihash, or, if ``allow_md5_fallback``, when this host cannot compute
+    the multihash's algorithm; otherwise that is refused, as glanceclient
+    refuses it.
     """
     algorithm = image.get('os_hash_algo')
     value = image.get('os_hash_value')
@@ -97,8 +103,18 @@ def _expected_hash(image):
         try:
             return hashlib.new(algorithm), value, algorithm
         except ValueError:
-            LOG.debug('Hash algorithm %s is not available; using md5',
-                      algorithm)
+            if not allow_md5_fallback:
+                raise PrecacheError(
+                    'Glance hashed image %s with %s, which this host cannot '
+                    'compute; [glance] allow_md5_fallback = true verifies '
+                    'such images with their md5 checksum instead'
+                    % (image['id'], algorithm))
+            if algorithm not in _md5_fallbacks_told:
+                _md5_fallbacks_told.add(algorithm)
+                LOG.warning('Glance hashes images with %s, which this host '
+                            'cannot compute: they are verified with their '
+                            'md5 checksum ([glance] allow_md5_fallback)',
+                            algorithm)
     checksum = image.get('checksum')
     if checksum:
         return hashlib.md5(usedforsecurity=False), checksum, 'md5'
@@ -141,13 +157,14 @@ class Precacher:
     """Downloads Glance images into the image cache as nova would."""
 
     def __init__(self, client, instances_path, cache_dir, force_raw,
-                 headroom, inspector):
+                 headroom, inspector, allow_md5_fallback=False):
         self.client = client
         self.instances_path = instances_path
         self.cache_dir = cache_dir
         self.force_raw = force_raw
         self.headroom = headroom
         self.inspector = inspector
+        self.allow_md5_fallback = allow_md5_fallback
 
     @classmethod
     def from_conf(cls, conf, client):
@@ -155,7 +172,8 @@ class Precacher:
                    paths.cache_dir(conf),
                    conf.force_raw_images,
                    conf.image_cache.precache_headroom_mb * units.Mi,
-                   inspect.Inspector.from_conf(conf))
+                   inspect.Inspector.from_conf(conf),
+                   allow_md5_fallback=conf.glance.allow_md5_fallback)
 
     def precache(self, image_id, progress=None, stop_event=None):
         """Cache image ``image_id`` and return a PrecacheResult.
@@ -250,7 +268,8 @@ class Precacher:
         if st.st_size != image['size']:
             return 'size %d, the image has %d bytes' % (st.st_size,
                                                         image['size'])
-        hasher, expected, algorithm = _expected_hash(image)
+        hasher, expected, algorithm = _expected_hash(
+            image, self.allow_md5_fallback)
         with open(path, 'rb') as f:
             for chunk in iter(lambda: f.read(units.Mi), b''):
                 hasher.update(chunk)
@@ -319,7 +338,8 @@ class Precacher:
     def _download(self, image, part, created, progress, stop_event):
         """Stream the image into ``part``; verify size and hash; fsync."""
         image_id = image['id']
-        hasher, expected, algorithm = _expected_hash(image)
+        hasher, expected, algorithm = _expected_hash(
+            image, self.allow_md5_fallback)
         total = image['size']
         try:
             body = self.client.images.data(image_id, do_checksum=False)

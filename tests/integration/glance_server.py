@@ -157,6 +157,12 @@ class GlanceServer:
                        'os_hash_value = ? WHERE id = ?',
                        (size, checksum, os_hash_value, image_id))
 
+    def set_hash_algorithm(self, image_id, algorithm):
+        """Make glance's database name another multihash algorithm."""
+        with sqlite3.connect(os.path.join(self.root, 'glance.sqlite')) as db:
+            db.execute('UPDATE images SET os_hash_algo = ? WHERE id = ?',
+                       (algorithm, image_id))
+
     @property
     def etc_dir(self):
         return os.path.join(self.root, 'etc')

@@ -10,12 +10,24 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""nova's metadata as nova writes it, for the tests of its readers.
+"""nova, for the tests of what cachekeeper shares with it.
 
-An image id and the cache file name nova gives it, and libvirt domain XML
-with nova's instance metadata: a short one (xml) and libvirt.xml as nova
-writes it into an instance directory (libvirt_xml).
+nova's own code, in the virtualenv tools/install.sh makes for it
+(require_python), and nova's metadata as nova writes it, for the tests of
+its readers: an image id and the cache file name nova gives it, and libvirt
+domain XML with nova's instance metadata: a short one (xml) and libvirt.xml
+as nova writes it into an instance directory (libvirt_xml).
 """
+
+import os
+import subprocess
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+# nova brings many dependencies that cachekeeper must not depend on.
+PYTHON = os.path.join(_ROOT, '.venv-nova', 'bin', 'python')
 
 IMAGE_ID = 'fd0cb2f1-8375-44c9-b1f4-3e1f4c4a8ef0'
 IMAGE_SHA1 = '0d5e6b61602d758984b3bf038267614d6016eb2a'
@@ -66,3 +78,25 @@ def xml(namespace_version='1.1', flavor='', root=''):
             '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/'
             'nova/%s"><nova:name>vm</nova:name>%s%s</nova:instance>'
             '</metadata></domain>' % (namespace_version, flavor, root))
+
+
+def require_python():
+    """The python of .venv-nova; skip (fail on CI) if it has no nova.
+
+    CI must run the tests of nova's own behaviour; a developer without the
+    virtualenv is told how to get it.
+    """
+    if not os.path.exists(PYTHON):
+        problem = '%s does not exist' % PYTHON
+    else:
+        process = subprocess.run(
+            [PYTHON, '-c', 'import nova.virt.libvirt.imagebackend'],
+            capture_output=True, text=True)
+        if not process.returncode:
+            return PYTHON
+        problem = '%s cannot import nova: %s' % (
+            PYTHON, process.stderr.strip()[-500:])
+    problem += '; tools/install.sh makes .venv-nova'
+    if os.environ.get('CI'):
+        pytest.fail(problem, pytrace=False)
+    pytest.skip(problem)

@@ -51,6 +51,7 @@ import threading
 import time
 
 from tests.lib import daemon as system_daemon
+from tests.lib import nova
 from tests.stress import invariant
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -71,8 +72,7 @@ DAEMON_INTERVAL = 0.2
 # which runs in a virtualenv of its own (tools/install.sh makes it).
 NOVASIM = 'novasim'
 NOVAREAL = 'novareal'
-NOVA_PYTHON = os.path.join(ROOT, '.venv-nova', 'bin', 'python')
-WORKER_PYTHON = {NOVASIM: sys.executable, NOVAREAL: NOVA_PYTHON}
+WORKER_PYTHON = {NOVASIM: sys.executable, NOVAREAL: nova.PYTHON}
 # Images for novareal: more than the instances alive at a time, so that
 # most of them fall unused now and then.
 NOVA_REAL_IMAGES = 12
@@ -343,7 +343,7 @@ def _kill_a_nova_in_disk_info(root, host):
     process = _python(
         log, 'tests.stress.novareal', '--instances-path', host.instances_path,
         '--records', host.records, '--report', os.devnull,
-        '--killed-in-disk-info', python=NOVA_PYTHON)
+        '--killed-in-disk-info', python=nova.PYTHON)
     try:
         process.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:

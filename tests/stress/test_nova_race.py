@@ -19,12 +19,9 @@ long one. Without ``.venv-nova`` (tools/install.sh makes it) the test is
 skipped, except on CI (``CI=true``), where it fails.
 """
 
-import os
-import subprocess
 import time
 
-import pytest
-
+from tests.lib import nova
 from tests.stress import novareal
 from tests.stress import race
 
@@ -33,28 +30,8 @@ CI_CYCLES = 150
 CI_TIME_LIMIT = 110
 
 
-def _require_nova():
-    """Skip (fail on CI) unless .venv-nova can import nova's image code."""
-    problem = None
-    if not os.path.exists(race.NOVA_PYTHON):
-        problem = '%s does not exist' % race.NOVA_PYTHON
-    else:
-        process = subprocess.run(
-            [race.NOVA_PYTHON, '-c', 'import nova.virt.libvirt.imagebackend'],
-            capture_output=True, text=True)
-        if process.returncode:
-            problem = '%s cannot import nova: %s' % (
-                race.NOVA_PYTHON, process.stderr.strip()[-500:])
-    if problem is None:
-        return
-    problem += '; tools/install.sh makes .venv-nova'
-    if os.environ.get('CI') == 'true':
-        pytest.fail(problem)
-    pytest.skip(problem)
-
-
 def test_nova_race(tmp_path):
-    _require_nova()
+    nova.require_python()
     result = race.run_race(
         str(tmp_path), CI_CYCLES, seed=int(time.time()),
         images=race.NOVA_REAL_IMAGES, time_limit=CI_TIME_LIMIT,

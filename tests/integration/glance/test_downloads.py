@@ -105,6 +105,59 @@ def test_checksum_mismatch_leaves_nothing(glance_api, tmp_path):
     assert host.listing() == []
 
 
+# A multihash algorithm that no hashlib computes: one a FIPS policy
+# removed looks the same to cachekeeper.
+UNKNOWN_ALGORITHM = 'blake3'
+
+
+def test_unknown_hash_algorithm_is_refused_by_default(glance_api, tmp_path):
+    image_id = glance.upload(glance_api.client(), os.urandom(MiB))
+    glance_api.set_hash_algorithm(image_id, UNKNOWN_ALGORITHM)
+    host = glance.Host(tmp_path, glance_api.url)
+
+    failed = host.manage('precache', image_id)
+
+    assert failed.returncode == 1
+    assert ('Glance hashed image %s with %s, which this host cannot compute'
+            % (image_id, UNKNOWN_ALGORITHM)) in failed.stderr
+    assert host.listing() == []
+
+
+def test_md5_fallback_is_an_option_and_is_told(glance_api, tmp_path):
+    data = os.urandom(MiB)
+    client = glance_api.client()
+    image_ids = [glance.upload(client, data) for _ in range(2)]
+    for image_id in image_ids:
+        glance_api.set_hash_algorithm(image_id, UNKNOWN_ALGORITHM)
+    host = glance.Host(tmp_path, glance_api.url,
+                       glance__allow_md5_fallback='true')
+
+    done = host.manage('precache', *image_ids)
+
+    assert done.returncode == 0, done.stderr
+    assert 'md5 verified' in done.stdout
+    assert done.stderr.count('they are verified with their md5 checksum') == 1
+    for image_id in image_ids:
+        assert glance.read(host.path(image_id)) == data
+
+
+def test_image_without_multihash_is_verified_with_md5(glance_api, tmp_path):
+    data = os.urandom(MiB)
+    image_id = glance.upload(glance_api.client(), data)
+    # As Glance keeps an image uploaded before it had multihash.
+    glance_api.set_checksums(image_id, len(data),
+                             hashlib.md5(data).hexdigest(), None)
+    glance_api.set_hash_algorithm(image_id, None)
+    host = glance.Host(tmp_path, glance_api.url)
+
+    done = host.manage('precache', image_id)
+
+    assert done.returncode == 0, done.stderr
+    assert 'md5 verified' in done.stdout
+    assert 'allow_md5_fallback' not in done.stderr
+    assert glance.read(host.path(image_id)) == data
+
+
 @pytest.mark.parametrize('option', ['backing_file', 'data_file'])
 def test_qcow2_with_external_files_is_refused(glance_api, tmp_path, option):
     client = glance_api.client()
