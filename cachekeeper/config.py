@@ -22,6 +22,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 import cachekeeper.conf
+from cachekeeper import masking
 from cachekeeper import version
 
 CONF = cachekeeper.conf.CONF
@@ -29,6 +30,17 @@ LOG = logging.getLogger(__name__)
 
 # The exit status for bad configuration and bad usage (argparse uses it too).
 EXIT_CONFIG = 2
+
+# The config files read when the command line names none, those that
+# exist, in the order the systemd unit passes them: nova.conf first, so
+# that instances_path and host are nova's; cachekeeper.conf last, so that
+# its own options win.
+DEFAULT_CONFIG_FILES = ('/etc/nova/nova.conf',
+                        '/etc/cachekeeper/cachekeeper.conf')
+CONFIG_FILES_HELP = (
+    'Without --config-file or --config-dir, %s are read, those that exist, '
+    'as the systemd unit passes them.' % ' and then '.join(
+        DEFAULT_CONFIG_FILES))
 
 
 class ConfigError(Exception):
@@ -42,15 +54,20 @@ class ConfigError(Exception):
 def parse_args(argv, conf=CONF, default_config_files=None, check=True):
     """Parse the command line and the config files, then validate them.
 
-    Raises ConfigError naming every problem found; with ``check`` False,
-    only problems that stop parsing.
+    ``default_config_files`` are read when ``argv`` names no config file
+    or directory: by default the DEFAULT_CONFIG_FILES that exist. Raises
+    ConfigError naming every problem found; with ``check`` False, only
+    problems that stop parsing.
     """
     logging.register_options(conf)
+    if default_config_files is None:
+        default_config_files = _default_config_files(argv[1:])
     try:
         conf(argv[1:],
              project='cachekeeper',
              version=version.version_string(),
-             default_config_files=default_config_files)
+             default_config_files=default_config_files,
+             epilog=CONFIG_FILES_HELP)
     except cfg.ConfigFilesNotFoundError as e:
         raise ConfigError(['cannot read config file %s: not found or '
                            'not readable' % ', '.join(e.config_files)])
@@ -60,16 +77,32 @@ def parse_args(argv, conf=CONF, default_config_files=None, check=True):
     except cfg.ConfigDirNotFoundError as e:
         raise ConfigError(['config directory %s not found' % e.config_dir])
     except cfg.ConfigFileParseError as e:
+        # oslo.config's errors may quote a line or a value of the files,
+        # which may hold a secret.
         raise ConfigError(['cannot parse config file %s: %s'
-                           % (e.config_file, e.msg)])
+                           % (e.config_file, masking.mask(e.msg))])
     except cfg.Error as e:
-        raise ConfigError([str(e).replace('\n', ' ')])
+        raise ConfigError([masking.mask(str(e).replace('\n', ' '))])
     except OSError as e:
         raise ConfigError(['cannot read config file %s: %s'
                            % (e.filename, e.strerror)])
     problems = validate(conf) if check else []
     if problems:
         raise ConfigError(problems)
+
+
+def _default_config_files(args):
+    """The DEFAULT_CONFIG_FILES that exist, or none if ``args`` name a
+    config file or directory.
+
+    oslo.config itself reads its default files unless --config-file is
+    given, but a --config-dir given alone names the whole configuration
+    too. Both are recognised as oslo.config recognises them.
+    """
+    if any(arg.split('=', 1)[0] in ('--config-file', '--config-dir')
+           for arg in args):
+        return []
+    return [path for path in DEFAULT_CONFIG_FILES if os.path.exists(path)]
 
 
 def validate(conf):
@@ -213,7 +246,7 @@ def _metrics_file_problem(path):
         return 'directory %s does not exist' % directory
     if not os.access(directory, os.W_OK | os.X_OK):
         # The file is replaced by renaming a new one into its directory.
-        return 'directory %s is not writable by this user' % directory
+        return 'directory %s is %s' % (directory, _unwritable(directory))
     if os.path.isdir(path):
         return '%s is a directory' % path
     return None
@@ -222,8 +255,9 @@ def _metrics_file_problem(path):
 def _backend_url_problem(url):
     scheme = urllib.parse.urlsplit(url).scheme
     if '://' not in url or not scheme:
-        return ('must be a tooz URL such as redis://127.0.0.1:6379, got %r'
-                % url)
+        # Not echoed: what is not a URL cannot be masked as one, and may
+        # still hold a password.
+        return 'must be a tooz URL such as redis://127.0.0.1:6379'
     # Read from the package metadata: importing tooz's drivers here would
     # load eventlet before the daemon chose its backend.
     known = sorted(entry_point.name for entry_point in
@@ -258,5 +292,14 @@ def _state_path_problem(path):
     if not os.path.isdir(path):
         return '%s does not exist or is not a directory' % path
     if not os.access(path, os.W_OK | os.X_OK):
-        return '%s is not writable by this user' % path
+        return '%s is %s' % (path, _unwritable(path))
     return None
+
+
+def _unwritable(directory):
+    """Say why this user cannot write in ``directory``, which exists."""
+    # systemd's ProtectSystem=strict mounts everything outside the unit's
+    # ReadWritePaths= read-only, where no owner or mode would help.
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return 'on a read-only file system (systemd ProtectSystem?)'
+    return 'not writable by this user'

@@ -63,6 +63,7 @@ import tooz
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import registry
+from cachekeeper import masking
 from cachekeeper import smallfile
 
 LOG = logging.getLogger(__name__)
@@ -109,15 +110,6 @@ def lock_name(cache_dir):
 def leader_record_path(instances_path, cache_dir):
     return os.path.join(locks.locks_dir(instances_path),
                         lock_name(cache_dir) + LEADER_RECORD_SUFFIX)
-
-
-def safe_url(backend_url):
-    """The backend URL without its password, for logs and status."""
-    parsed = urllib.parse.urlsplit(backend_url)
-    if parsed.password is None:
-        return backend_url
-    netloc = parsed.netloc.replace(':%s@' % parsed.password, ':***@', 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
 def reach_problem(backend_url, cache_dir):
@@ -211,7 +203,7 @@ def status(conf, cache_dir, now):
     shared_with = storage.other_hosts(conf.host)
     leader = read_leader(conf.instances_path, cache_dir)
     return {
-        'backend': safe_url(backend_url),
+        'backend': masking.mask(backend_url),
         'lock': lock_name(cache_dir),
         'leader': leader.to_dict() if leader is not None else None,
         'shared_with': shared_with,
@@ -275,7 +267,8 @@ class Coordinator:
 
     @property
     def backend(self):
-        return safe_url(self.backend_url)
+        """The backend URL as it may be shown: its secrets masked."""
+        return masking.mask(self.backend_url)
 
     def start(self):
         """Start heartbeating, in a thread made here; again, do nothing.
@@ -315,14 +308,18 @@ class Coordinator:
                 return
         if self._driver is None:
             return
+        failure = None
         try:
             if self._held:
                 self._give_up('this process stops')
             self._driver.stop()
         except Exception as e:
-            LOG.warning('Cannot leave coordination backend %s cleanly: %s',
-                        self.backend, e)
+            failure = e
         self._driver = None
+        if failure is not None:
+            # Out of the except clause, as in _beat.
+            LOG.warning('Cannot leave coordination backend %s cleanly: %s',
+                        self.backend, masking.mask(str(failure)))
 
     def is_leader(self):
         with self._state:
@@ -383,14 +380,17 @@ class Coordinator:
                     self._win(asked_at)
             self._answered(asked_at)
         except tooz.ToozError as e:
-            self._failed(e)
-            return RETRY_DELAY
+            failure = e
         except Exception as e:
             LOG.exception('Unexpected error talking to coordination backend '
                           '%s', self.backend)
-            self._failed(e)
-            return RETRY_DELAY
-        return min(MAX_BEAT, max(MIN_BEAT, self._lease / BEATS_PER_LEASE))
+            failure = e
+        else:
+            return min(MAX_BEAT, max(MIN_BEAT, self._lease / BEATS_PER_LEASE))
+        # Out of the except clauses: oslo.log appends the exception being
+        # handled to a warning, in its own words, which may echo the URL.
+        self._failed(failure)
+        return RETRY_DELAY
 
     def _connect(self):
         try:
@@ -453,10 +453,12 @@ class Coordinator:
             LOG.info('Coordination backend %s answers again', self.backend)
 
     def _failed(self, error):
+        # The problem goes into log lines, pass reports and cache status.
+        problem = masking.mask(str(error) or error.__class__.__name__)
         with self._state:
             first = self._problem is None
-            self._problem = str(error) or error.__class__.__name__
+            self._problem = problem
         if first:
             LOG.warning('Coordination backend %s unavailable: %s; no removal '
                         'until it is back (files in use are still touched)',
-                        self.backend, error)
+                        self.backend, problem)

@@ -50,6 +50,7 @@ from cachekeeper.cache import scan
 from cachekeeper.conf import paths
 from cachekeeper import coordination
 from cachekeeper.glance import catalog as glance_catalog
+from cachekeeper import progress as pass_progress
 from cachekeeper import report
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import queue
@@ -83,13 +84,16 @@ class CacheManager:
 
     ``coordinator`` (a coordination.Coordinator) decides whether
     this process may remove files; without one it may, unless nova's
-    storage registry says other hosts share the cache.
+    storage registry says other hosts share the cache. ``progress`` (a
+    progress.PassProgress) is told each step of a pass and each file.
     """
 
-    def __init__(self, conf, scrub_queue, coordinator=None):
+    def __init__(self, conf, scrub_queue, coordinator=None, progress=None):
         self.conf = conf
         self.scrub_queue = scrub_queue
         self.coordinator = coordinator
+        self.progress = (pass_progress.PassProgress() if progress is None
+                         else progress)
         self._warnings = {}
         # What the running pass could not do with its books (the state
         # database, the scrub queue, the report and metrics files), by
@@ -109,8 +113,10 @@ class CacheManager:
         Raises OSError when the cache directory itself cannot be listed.
         """
         directory = paths.cache_dir(self.conf)
+        self.progress.step('scan')
         base_files = scan.scan(directory, previous=self._last_scan)
         self._last_scan = {b.name: b for b in base_files}
+        self.progress.step('inventory')
         instance_inventory = self._inventory()
         usage = instance_inventory.collect(b.name for b in base_files)
         # Hosts that share the cache and cannot be known hold removals back.
@@ -118,7 +124,9 @@ class CacheManager:
         for doubt in storage.doubts():
             usage.add_doubt(doubt)
         policy = plan.policy_from_conf(self.conf)
+        self.progress.step('catalog')
         catalog = self.images.catalog(b.name for b in base_files)
+        self.progress.step('plan')
         now = time.time()
         decisions = plan.plan(base_files, usage, policy, now, catalog)
         decisions, outcome = self._apply_budget(decisions, usage, now)
@@ -128,7 +136,7 @@ class CacheManager:
     def _apply_budget(self, decisions, usage, now):
         """Evict what the disk-space budget asks for (see budget)."""
         try:
-            last_used = ledger.last_uses(self.scrub_queue.state_db)
+            history = file_history(self.scrub_queue.state_db)
             waiting = [budget.Waiting(*queued)
                        for queued in self.scrub_queue.queued()]
         except db.StateError as e:
@@ -136,7 +144,7 @@ class CacheManager:
             LOG.error('Cannot read the state database to apply the '
                       'disk-space budget: %s', e)
             return decisions, None
-        return budget.apply(decisions, usage, last_used,
+        return budget.apply(decisions, usage, history,
                             budget.Limits.from_conf(self.conf),
                             self._filesystem(), waiting, now)
 
@@ -155,7 +163,7 @@ class CacheManager:
                                         cache=self._inspection_cache),
             excluded=(self.conf.scrubber.quarantine_dir,),
             domain_source=domains.LibvirtSource.from_conf(self.conf),
-            memory=self._inventory_memory)
+            memory=self._inventory_memory, progress=self.progress)
 
     def orphans(self):
         """Match instance directories and libvirt domains.
@@ -190,9 +198,11 @@ class CacheManager:
         self._best_effort('Cannot look for files in quarantine without a '
                           'scrub queue entry',
                           self.scrub_queue.adopt_orphans, time.time())
+        self.progress.step('registry')
         storage = self._register(run.warnings)
         evaluation = self._evaluate(run)
         if evaluation is not None:
+            self.progress.step('bookkeeping')
             # Before this pass queues anything, which would look as if
             # it had come back.
             run.result.comebacks = self._best_effort(
@@ -200,17 +210,22 @@ class CacheManager:
                 self._detect_comebacks, evaluation) or 0
             self._best_effort('Cannot make scrub queue entries due now',
                               self._expedite, evaluation.budget_outcome)
+            self.progress.step('coordination')
             self._hold_removals(evaluation, storage, run.warnings)
             outcome = self._execute(run, evaluation, stop_event)
+            self.progress.step('bookkeeping')
             self._best_effort('Cannot record file usage in the state '
                               'database',
                               self._record_usage, evaluation, outcome)
+            self.progress.step('precache')
             # Never raises: the catalog tells Glance's problems itself.
             self.images.precache_pinned(
-                {b.name for b in evaluation.base_files}, stop_event)
+                {b.name for b in evaluation.base_files}, stop_event,
+                self.progress)
         # Not bookkeeping: a file the queue cannot delete stays on disk, an
         # error of the pass.
         self._drain(run, stop_event)
+        self.progress.step('bookkeeping')
         after = self._scan_after()
         self._summarise(run, evaluation, after)
         self._best_effort('Cannot write the pass report into %s'
@@ -244,6 +259,7 @@ class CacheManager:
         """Start a pass with the leftovers of cachekeeper's own writes."""
         run = _Run(dry_run)
         self._state_problems = {}
+        self.progress.step('leftovers')
         leftovers = residue.remove(
             self.conf, time.time(), report.TEMPORARY_PREFIX,
             coordination.file_backend_dir(self.conf.coordination.backend_url),
@@ -268,11 +284,13 @@ class CacheManager:
     def _execute(self, run, evaluation, stop_event):
         """Carry out the evaluation, into the report; an ExecuteResult."""
         result = run.result
+        self.progress.step('execute')
         outcome = execute.execute(
             evaluation.decisions, evaluation.inventory,
             self.conf.instances_path, evaluation.policy,
             quarantine_into(self.scrub_queue), dry_run=run.dry_run,
-            stop_event=stop_event, removal_hold=self.removal_hold)
+            stop_event=stop_event, removal_hold=self.removal_hold,
+            progress=self.progress)
         result.files.extend(outcome.files)
         run.removed_bytes += outcome.bytes_removed
         # What could not be read held removals back: a per-file error.
@@ -348,15 +366,27 @@ class CacheManager:
                 evaluation.decisions, hold)
 
     def _record_usage(self, evaluation, outcome):
-        """Remember when each file was last in use and first unused."""
-        in_use = [f.path for f in outcome.files if f.verdict == facts.IN_USE]
+        """Remember when each file was last in use and first unused.
+
+        And how many instances use it: an instance is known by the
+        directory of its disks.
+        """
+        users = {}
+        for f in outcome.files:
+            if f.verdict == facts.IN_USE:
+                name = os.path.basename(f.path)
+                # A file found in use only by the re-check inside nova's
+                # lock (a new instance, a running guest) has no reference
+                # in the evaluation: one user.
+                users[name] = len({
+                    os.path.dirname(reference.source) for reference
+                    in evaluation.usage.references_to(name)}) or 1
         held = set(evaluation.held)
         unused = [f.path for f in outcome.files
                   if f.verdict in (facts.TOO_YOUNG, facts.QUEUED) or
                   os.path.basename(f.path) in held]
         ledger.record_usage(
-            self.scrub_queue.state_db,
-            [os.path.basename(p) for p in in_use],
+            self.scrub_queue.state_db, users,
             [os.path.basename(p) for p in unused], time.time(),
             present_names=[b.name for b in evaluation.base_files])
 
@@ -473,6 +503,7 @@ class CacheManager:
 
         Only the leader of a shared cache drains.
         """
+        self.progress.step('drain')
         hold = self.removal_hold()
         if hold is not None:
             LOG.debug('Scrub queue not drained: %s', hold)
@@ -481,7 +512,7 @@ class CacheManager:
             return self.scrub_queue.drain(
                 time.time(), self.conf.scrubber.scrub_delay,
                 self.conf.scrubber.max_attempts, ignore_delay=ignore_delay,
-                stop_event=stop_event)
+                stop_event=stop_event, progress=self.progress)
         except db.StateError as e:
             result = queue.DrainResult()
             result.errors.append({'path': self.conf.state_path,
@@ -533,6 +564,17 @@ class _Run:
     @property
     def dry_run(self):
         return self.result.dry_run
+
+
+def file_history(state_db):
+    """{name: facts.FileHistory} of the files the ledger knows.
+
+    Raises db.StateError.
+    """
+    return {name: facts.FileHistory(
+                entry.last_seen_in_use, entry.first_seen_in_use, entry.uses,
+                entry.comebacks)
+            for name, entry in ledger.entries(state_db).items()}
 
 
 def quarantine_into(scrub_queue):

@@ -10,21 +10,33 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The daemon's oslo.service Service: one cache pass every interval."""
+"""The daemon's oslo.service Service: one cache pass every interval.
+
+It notifies systemd's watchdog while passes make progress, and its Guru
+Meditation Reports say where the running pass is.
+"""
 
 import dataclasses
+import os
+import signal
 import threading
 import time
 
 from oslo_log import log as logging
+from oslo_reports import guru_meditation_report as gmr
+from oslo_reports.models import with_default_views
 from oslo_service import service
 from oslo_utils import units
 
 import cachekeeper.conf
 from cachekeeper.conf import paths
 from cachekeeper import coordination
+from cachekeeper import fmt
 from cachekeeper import manager
+from cachekeeper import printable
+from cachekeeper import progress
 from cachekeeper.scrub import queue
+from cachekeeper import version
 
 CONF = cachekeeper.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -35,6 +47,10 @@ FIRST_PASS_DELAY = 1.0
 DEFAULT_INTERVAL = 60
 # How long stop() lets a running pass reach the end of its current file.
 STOP_TIMEOUT = 4.0
+# What the file names of Guru Meditation Reports in [oslo_reports] log_dir
+# begin with. Left to oslo.reports, it would be the name of the script, or
+# in a thread of the threading backend's worker, "threading.py".
+REPORT_NAME = 'cachekeeper'
 # The longest the loop sleeps at once. Under eventlet a signal is handled
 # only when the hub wakes up, so long sleeps would delay SIGTERM and SIGHUP.
 MAX_SLEEP = 0.5
@@ -69,6 +85,27 @@ def _seconds(value):
     return ('%f' % value).rstrip('0').rstrip('.')
 
 
+def setup_reports(cachekeeper_service):
+    """Make SIGUSR2 write a Guru Meditation Report, with a Cache pass section.
+
+    Called in the main process before the launcher starts, since a signal
+    handler can only be set there; [oslo_reports] file_event_handler is
+    watched from start(). Unlike oslo.reports alone, SIGUSR2 still writes a
+    report when that option is set: a daemon must not die of it.
+    """
+    gmr.TextGuruMeditation.register_section(
+        'Cache pass', cachekeeper_service.report_section)
+    gmr.TextGuruMeditation.setup_autorun(
+        version, service_name=REPORT_NAME,
+        log_dir=CONF.oslo_reports.log_dir, signum=signal.SIGUSR2)
+
+
+def _since(moment, now):
+    """A time.monotonic() ``moment`` as UTC and how long ago it was."""
+    return '%s (%s ago)' % (fmt.utc(time.time() - (now - moment)),
+                            fmt.duration(now - moment))
+
+
 def pass_interval():
     """Seconds between passes, or None when passes are disabled.
 
@@ -97,26 +134,59 @@ class CacheKeeperService(service.Service):
         self._first_pass_at = None
         self._last_drain = None
         self._reloaded = False
+        # Where the running pass is (a progress.PassProgress), and the
+        # summary of the last one: for the watchdog and the reports.
+        self._progress = None
+        self._last_pass = None
+        self._watchdog_withheld = False
 
     def start(self):
         super().start()
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._loop_done = threading.Event()
+        self._progress = progress.PassProgress()
         self._scrub_queue = open_scrub_queue()
         self._coordinator = coordination.Coordinator.from_conf(
             CONF, paths.cache_dir(CONF),
             wants_leadership=self._wants_leadership)
         self._coordinator.start()
         self._manager = manager.CacheManager(CONF, self._scrub_queue,
-                                             self._coordinator)
+                                             self._coordinator,
+                                             progress=self._progress)
         self._first_pass_at = time.monotonic() + FIRST_PASS_DELAY
         self._last_drain = time.monotonic()
         CONF.register_mutate_hook(self._config_changed)
         self.tg.add_thread(self._run)
+        self._watch_report_trigger()
         self._log_interval('Started')
         self._notifier.ready()
         self._notifier.status('Waiting for the first pass')
+        self._start_watchdog()
+
+    def _start_watchdog(self):
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        # A timer thread of its own goes on deciding while a pass waits:
+        # under eventlet too, as waiting for a child process (qemu-img) or
+        # the network yields to the hub.
+        self.tg.add_timer(interval, self._watchdog)
+        LOG.info('systemd watchdog: notified every %s s, unless a pass '
+                 'makes no progress for %d s ([DEFAULT] pass_stall_timeout)',
+                 _seconds(interval), CONF.pass_stall_timeout)
+
+    def _watch_report_trigger(self):
+        # Here rather than in setup_reports(): under the threading backend
+        # start() runs in the worker, which runs the passes, and a thread
+        # started before the fork would not be in it.
+        try:
+            gmr.TextGuruMeditation.setup_autorun(
+                version, service_name=REPORT_NAME, conf=CONF,
+                setup_signal=False)
+        except OSError as e:
+            LOG.error('Guru Meditation Reports cannot be triggered by '
+                      '[oslo_reports] file_event_handler: %s', e)
 
     def reset(self):
         # Called after SIGHUP (eventlet backend): re-plan the next pass
@@ -162,6 +232,56 @@ class CacheKeeperService(service.Service):
                      what, _seconds(CONF.image_cache.manager_interval))
         else:
             LOG.info('%s: a pass every %s s', what, _seconds(interval))
+
+    def _watchdog(self):
+        """Notify systemd's watchdog, unless the loop ended or a pass is
+        stuck.
+        """
+        if self._loop_done.is_set():
+            return
+        position = self._progress.position()
+        stalled = time.monotonic() - position.moved_at
+        if position.step is None or stalled <= CONF.pass_stall_timeout:
+            if self._watchdog_withheld:
+                self._watchdog_withheld = False
+                LOG.info('The cache pass moved on after all: notifying the '
+                         'systemd watchdog again')
+            self._notifier.watchdog()
+        elif not self._watchdog_withheld:
+            self._watchdog_withheld = True
+            where = 'step %s, file %s' % (
+                position.step, position.path or '(none)')
+            LOG.warning('The cache pass has made no progress for %s, more '
+                        'than [DEFAULT] pass_stall_timeout (%d s), in %s: '
+                        'the systemd watchdog is no longer notified, so '
+                        'that systemd restarts the service',
+                        fmt.duration(stalled), CONF.pass_stall_timeout,
+                        where)
+            self._notifier.status('Pass stuck in %s' % where)
+
+    def report_section(self):
+        """The Cache pass section of a Guru Meditation Report."""
+        if self._progress is None:
+            return with_default_views.ModelWithDefaultViews({
+                'process': 'no pass runs in this process (pid %d): under '
+                           'the threading backend the passes run in a '
+                           'worker process, which [oslo_reports] '
+                           'file_event_handler makes write a report'
+                           % os.getpid()})
+        position = self._progress.position()
+        section = {'last pass': self._last_pass or 'none yet'}
+        if position.step is None:
+            section['step'] = 'none: no pass is running'
+        else:
+            now = time.monotonic()
+            section.update({
+                'step': position.step,
+                'file': ('(none)' if position.path is None
+                         else printable.escape(position.path)),
+                'last moved on': _since(position.moved_at, now),
+                'pass started': _since(position.started_at, now),
+            })
+        return with_default_views.ModelWithDefaultViews(section)
 
     def _run(self):
         try:
@@ -223,7 +343,10 @@ class CacheKeeperService(service.Service):
 
     def _drain(self):
         """Drain the scrub queue between passes (a pass drains it too)."""
-        result = self._manager.drain(stop_event=self._stopping)
+        try:
+            result = self._manager.drain(stop_event=self._stopping)
+        finally:
+            self._progress.end()
         if result.drained:
             LOG.info('Scrub queue: deleted %d files, %.1f MiB reclaimed on '
                      'disk; %d parked', result.drained,
@@ -237,8 +360,13 @@ class CacheKeeperService(service.Service):
         except Exception:
             # A failed pass must never end the loop: the next one may work.
             LOG.exception('Cache pass failed')
+            self._last_pass = 'failed at %s; see the log' % fmt.utc(
+                time.time())
             self._notifier.status('Last pass failed; see the log')
             return
+        finally:
+            self._progress.end()
         line = result.summary_line()
+        self._last_pass = '%s (ended %s)' % (line, fmt.utc(time.time()))
         LOG.info('%s', line)
         self._notifier.status(line)

@@ -34,6 +34,7 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import plan
 from cachekeeper import fmt
 from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import ledger
 from cachekeeper.state import totals
 
 # The states of an entry whose file left the cache for good or for now.
@@ -89,9 +90,11 @@ def detect(state_db, base_files, now, window):
     """Record the removed files that are back; return the Comebacks.
 
     ``base_files`` is what a scan of the cache found; a file that came back
-    more than ``window`` seconds after its removal is recorded but not
-    returned. When it came back is its mtime (a download writes it), kept
-    between its removal and ``now``. A window of 0 detects nothing.
+    more than ``window`` seconds after its removal is recorded (on its
+    scrub queue entry, and once per file in the ledger, for the eviction
+    policy) but not returned. When it came back is its mtime (a download
+    writes it), kept between its removal and ``now``. A window of 0 detects
+    nothing.
     """
     if window <= 0:
         return []
@@ -99,12 +102,14 @@ def detect(state_db, base_files, now, window):
     comebacks = []
     with state_db.transaction() as connection:
         counted = set()
+        returned = set()
         for entry in scrub_entries.not_returned(connection, _REMOVED_STATES):
             base_file = present.get(entry.path)
             if base_file is None or _recorded_file(base_file, entry):
                 continue
             came_back_at = min(max(base_file.mtime, entry.queued_at), now)
             scrub_entries.set_returned(connection, entry.id, came_back_at)
+            returned.add(entry.name)
             # An earlier removal of the same name counts once, with the
             # latest.
             if (entry.path in counted or
@@ -116,6 +121,7 @@ def detect(state_db, base_files, now, window):
                 reason=entry.reason, removed_at=entry.queued_at,
                 came_back_at=came_back_at))
         totals.add(connection, totals.COMEBACKS, len(comebacks))
+        ledger.add_comebacks(connection, returned)
     return comebacks
 
 

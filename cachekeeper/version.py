@@ -14,3 +14,17 @@ import pbr.version
 
 version_info = pbr.version.VersionInfo('cachekeeper')
 version_string = version_info.version_string
+
+
+# The Package section of a Guru Meditation Report reads these from the
+# version object it is given: this module, as nova gives its own.
+def vendor_string():
+    return 'OpenStack'
+
+
+def product_string():
+    return 'cachekeeper'
+
+
+def version_string_with_package():
+    return version_string()

@@ -26,17 +26,12 @@ set -o xtrace
 # Functions
 # ---------
 
-# install_cachekeeper() - Install cachekeeper and the qemu-img it inspects
-# disks with
+# install_cachekeeper() - Install cachekeeper. The qemu-img it inspects
+# disks with is in devstack/files/debs/cachekeeper and
+# devstack/files/rpms/cachekeeper, which stack.sh installs with the other
+# system packages, before any plugin phase.
 function install_cachekeeper {
     setup_develop $CACHEKEEPER_DIR
-    if ! command -v qemu-img >/dev/null; then
-        if is_fedora; then
-            install_package qemu-img
-        else
-            install_package qemu-utils
-        fi
-    fi
 }
 
 # disable_nova_image_cache_manager() - Leave the image cache to cachekeeper

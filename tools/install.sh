@@ -1,7 +1,7 @@
 #!/bin/bash
 # Install everything cachekeeper and its tests need on a Debian host:
 # system packages (when missing, and only as root) and a virtualenv in
-# .venv holding cachekeeper (editable) with its runtime and test
+# .venv holding cachekeeper (editable) with its runtime, test and docs
 # requirements. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -r requirements.txt -r test-requirements.txt -e .
+# doc/requirements.txt too: the docs and release notes are built by a test.
+.venv/bin/pip install -q -r requirements.txt -r test-requirements.txt \
+    -r doc/requirements.txt -e .
 
 # The integration tests run a real glance-api, from a virtualenv of its own:
 # glance brings many dependencies that cachekeeper must not depend on.

@@ -22,13 +22,15 @@ down to ``disk_low_watermark_percent``).
 When a trigger fires, space comes first from what goes anyway: download
 residue and the files plan found removable (they leave the cache in this
 pass), then, for the filesystem, the files waiting in the scrub queue,
-oldest first. Only then are unused files evicted, least recently used
-first, ignoring their kind's minimum age but never one used within
-``eviction_minimum_age_seconds``. A file's last use is the later of its
-mtime and the last pass that saw it in use. Files in use, pinned files,
-files the inventory has doubts about and files kept for any other reason
-are never evicted. Whatever must free filesystem space drains at once:
-quarantined, a file still holds its blocks.
+oldest first. Only then are unused files evicted, in the order of
+``[image_cache] eviction_policy`` (cachekeeper.cache.eviction: least
+recently used first, or lowest expected cost first), ignoring their kind's
+minimum age but never one used within ``eviction_minimum_age_seconds``. A
+file's last use is the later of its mtime and the last pass that saw it in
+use. Files in use, pinned files, files the inventory has doubts about and
+files kept for any other reason are never evicted. Whatever must free
+filesystem space drains at once: quarantined, a file still holds its
+blocks.
 
 Everything here is a pure function of its arguments, like plan.
 """
@@ -37,6 +39,7 @@ import dataclasses
 
 from oslo_utils import units
 
+from cachekeeper.cache import eviction
 from cachekeeper.cache import facts
 from cachekeeper import fmt
 
@@ -65,6 +68,7 @@ class Limits:
     high_percent: int = 100
     low_percent: int = 0
     eviction_min_age: int = 0
+    eviction_policy: str = eviction.LRU
 
     @classmethod
     def from_conf(cls, conf):
@@ -72,7 +76,8 @@ class Limits:
         return cls(max_cache_bytes=opts.max_cache_size_mb * units.Mi,
                    high_percent=opts.disk_high_watermark_percent,
                    low_percent=opts.disk_low_watermark_percent,
-                   eviction_min_age=opts.eviction_minimum_age_seconds)
+                   eviction_min_age=opts.eviction_minimum_age_seconds,
+                   eviction_policy=opts.eviction_policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +119,13 @@ class Outcome:
     """What the budget asked of a pass.
 
     ``size_excess`` and ``filesystem_excess`` are the bytes to free for
-    each trigger (0: not over); ``evicted`` the names of the files evicted,
-    least recently used first; ``expedited`` the scrub queue entries to
-    delete now; ``shortfall`` the bytes still missing once everything that
-    may go has gone; ``held`` the bytes that stay, by HELD_* reason.
+    each trigger (0: not over); ``ranking`` every file that could be
+    evicted, as eviction.Ranked in the policy's order, the first to go
+    first (also when nothing is over, for cache explain); ``evicted`` the
+    names of the files evicted, in that order; ``expedited`` the scrub
+    queue entries to delete now; ``shortfall`` the bytes still missing once
+    everything that may go has gone; ``held`` the bytes that stay, by
+    HELD_* reason.
     """
 
     limits: Limits
@@ -125,6 +133,7 @@ class Outcome:
     filesystem: Filesystem = None
     size_excess: int = 0
     filesystem_excess: int = 0
+    ranking: tuple = ()
     evicted: tuple = ()
     evicted_bytes: int = 0
     expedited: tuple = ()
@@ -173,15 +182,6 @@ class Outcome:
                     held or 'nothing', ' or '.join(advice)))
 
 
-def last_use(base_file, last_used):
-    """The later of ``base_file``'s mtime and its last use in ``last_used``.
-
-    ``last_used`` maps names to when a pass last saw them in use.
-    """
-    seen = last_used.get(base_file.name)
-    return base_file.mtime if seen is None else max(base_file.mtime, seen)
-
-
 def excess(limits, cache_bytes, filesystem):
     """Return the bytes to free for (the size bound, the watermarks)."""
     size_excess = 0
@@ -217,21 +217,33 @@ class _Freed:
                    self.filesystem_excess - self.filesystem, 0)
 
 
-def apply(decisions, usage, last_used, limits, filesystem, waiting, now):
+def apply(decisions, usage, history, limits, filesystem, waiting, now,
+          order=eviction.eviction_order):
     """Bring a plan within the budget; return (decisions, Outcome).
 
     ``decisions`` come from plan.plan (same order out); ``usage`` is the
-    pass's facts.Usage, whose doubts veto eviction; ``last_used`` maps
-    names to when a pass last saw them in use (the ledger); ``filesystem``
-    is a Filesystem or None when unknown; ``waiting`` the scrub queue's
-    Waiting entries; ``now`` the time ages are measured at.
+    pass's facts.Usage, whose doubts veto eviction; ``history`` maps names
+    to what the state database remembers of them (facts.FileHistory);
+    ``filesystem`` is a Filesystem or None when unknown; ``waiting`` the
+    scrub queue's Waiting entries; ``now`` the time ages are measured at.
+    ``order`` ranks the files that may go (eviction.eviction_order; the
+    eviction benchmark gives it Belady's offline optimum instead).
     """
     regular = [(index, d) for index, d in enumerate(decisions)
                if d.base_file.is_regular]
     cache_bytes = sum(d.base_file.allocated for _, d in regular)
     size_excess, filesystem_excess = excess(limits, cache_bytes, filesystem)
+    index_of = {d.base_file.name: index for index, d in regular}
+
+    def ranked(candidates):
+        return order([(d.base_file, _history(d, history))
+                      for _, d in candidates],
+                     limits.eviction_policy, now)
+
+    ranking = tuple(ranked(_candidates(regular, usage, history, limits,
+                                       now)))
     outcome = Outcome(limits, cache_bytes, filesystem, size_excess,
-                      filesystem_excess)
+                      filesystem_excess, ranking)
     if not outcome.over:
         return list(decisions), outcome
     over = outcome.over_text()
@@ -253,31 +265,30 @@ def apply(decisions, usage, last_used, limits, filesystem, waiting, now):
         expedited.append(entry.entry_id)
         freed.filesystem += entry.allocated
     result = list(decisions)
-    for index, d in sorted(removable,
-                           key=lambda item: _lru_key(item[1], last_used)):
+    for going in ranked(removable):
         if freed.filesystem_done:
             break
+        index = index_of[going.base_file.name]
+        d = decisions[index]
         result[index] = dataclasses.replace(
             d, drain_now=True,
             reason='%s; deleted at once, %s (%s)' % (d.reason, OVER_BUDGET,
                                                      over))
         freed.filesystem += d.base_file.allocated
     evicted = []
-    for index, d in sorted(_candidates(regular, usage, last_used, limits,
-                                       now),
-                           key=lambda item: _lru_key(item[1], last_used)):
+    for going in ranking:
         if freed.done:
             break
-        used = last_use(d.base_file, last_used)
+        index = index_of[going.base_file.name]
         result[index] = dataclasses.replace(
-            d, verdict=facts.REMOVABLE, min_age=limits.eviction_min_age,
-            drain_now=True,
-            reason='%s (%s): last used %s ago, evicted least recently used '
-                   'first' % (OVER_BUDGET, over,
-                              fmt.duration(now - used)))
-        evicted.append(d.base_file)
-        freed.size += d.base_file.allocated
-        freed.filesystem += d.base_file.allocated
+            decisions[index], verdict=facts.REMOVABLE,
+            min_age=limits.eviction_min_age, drain_now=True,
+            reason='%s (%s): %s, evicted %s' % (
+                OVER_BUDGET, over, going.parts(now),
+                eviction.order_text(going.policy)))
+        evicted.append(going.base_file)
+        freed.size += going.base_file.allocated
+        freed.filesystem += going.base_file.allocated
     evicted_names = {b.name for b in evicted}
     return result, dataclasses.replace(
         outcome,
@@ -286,14 +297,14 @@ def apply(decisions, usage, last_used, limits, filesystem, waiting, now):
         expedited=tuple(expedited), shortfall=freed.shortfall(),
         held=_held([d for _, d in regular
                     if d.base_file.name not in evicted_names],
-                   usage, last_used, limits, now))
+                   usage, history, limits, now))
 
 
-def _lru_key(decision, last_used):
-    return last_use(decision.base_file, last_used), decision.base_file.name
+def _history(decision, history):
+    return history.get(decision.base_file.name, facts.NO_HISTORY)
 
 
-def _evictable(decision, usage, last_used, limits, now):
+def _evictable(decision, usage, history, limits, now):
     """Whether an unused file may be evicted; None if it is not unused."""
     base_file = decision.base_file
     if (decision.verdict != facts.TOO_YOUNG or
@@ -301,15 +312,16 @@ def _evictable(decision, usage, last_used, limits, now):
         return None
     if usage.doubts_about(base_file.name):
         return False
-    return now - last_use(base_file, last_used) >= limits.eviction_min_age
+    used = eviction.last_use(base_file, _history(decision, history))
+    return now - used >= limits.eviction_min_age
 
 
-def _candidates(regular, usage, last_used, limits, now):
+def _candidates(regular, usage, history, limits, now):
     return [(index, d) for index, d in regular
-            if _evictable(d, usage, last_used, limits, now)]
+            if _evictable(d, usage, history, limits, now)]
 
 
-def _held(decisions, usage, last_used, limits, now):
+def _held(decisions, usage, history, limits, now):
     """The bytes that stay in the cache, by HELD_* reason."""
     held = dict.fromkeys((HELD_IN_USE, HELD_PINNED, HELD_RECENT, HELD_DOUBT,
                           HELD_KEPT), 0)
@@ -322,7 +334,7 @@ def _held(decisions, usage, last_used, limits, now):
             reason = HELD_PINNED
         elif usage.doubts_about(d.base_file.name):
             reason = HELD_DOUBT
-        elif _evictable(d, usage, last_used, limits, now) is False:
+        elif _evictable(d, usage, history, limits, now) is False:
             reason = HELD_RECENT
         else:
             reason = HELD_KEPT

@@ -88,11 +88,14 @@ class Reader:
 
     ``cache_names`` are the names.CacheNames of the cache directory, by
     which a missing backing file is recognised; ``parsed_files`` the
-    evidence.ParsedFiles of the metadata files.
+    evidence.ParsedFiles of the metadata files. ``progress`` (a
+    progress.PassProgress) is told each directory and file read.
     """
 
-    def __init__(self, inspector, cache_dir, cache_names, parsed_files):
+    def __init__(self, inspector, cache_dir, cache_names, parsed_files,
+                 progress):
         self.inspector = inspector
+        self.progress = progress
         self.cache_dir = cache_dir
         self.real_cache_dir = os.path.realpath(cache_dir)
         self.cache_dir_identity = evidence.identity(cache_dir)
@@ -157,6 +160,7 @@ class Reader:
         links = []
         for instance_directory in directories:
             path = instance_directory.path
+            self.progress.file(path)
             signature, stats = evidence.directory_state(instance_directory)
             directory = evidence.Directory(signature=signature)
             try:
@@ -285,6 +289,7 @@ class Reader:
         domain (with an ``owner``) may be a block device, as libvirt allows;
         in an instance directory only regular files are disks.
         """
+        self.progress.file(disk)
         try:
             st, real_path = self._resolve(disk)
         except OSError as e:
@@ -345,7 +350,7 @@ class Reader:
                 if (link.real_path, link.fmt) not in self._inspected:
                     batch.setdefault(link.real_path, link.fmt)
             for path, result in self.inspector.inspect_many(
-                    batch.items()).items():
+                    batch.items(), progress=self.progress).items():
                 self._inspected[(path, batch[path])] = result
             waiting = []
             for link in pending:
@@ -422,6 +427,7 @@ class Reader:
                             'local file' % (backing, link.path))
             return None
         path = os.path.join(os.path.dirname(link.path), backing)
+        self.progress.file(path)
         try:
             st, real_path = self._resolve(path)
         except OSError as e:

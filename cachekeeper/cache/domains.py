@@ -27,6 +27,7 @@ import threading
 
 from cachekeeper.cache import metadata
 from cachekeeper.cache import names
+from cachekeeper import masking
 
 # How long a listing of the domains may take. libvirt calls block without
 # a timeout of their own, and a pass may wait for them under nova's lock.
@@ -71,6 +72,9 @@ class DomainsUnavailable(Exception):
     """The domain source cannot say which domains are defined."""
 
     def __init__(self, source, message):
+        # Both may quote the connection URI (libvirt's errors do), and
+        # they reach logs, reports and cache status.
+        source, message = masking.mask(source), masking.mask(message)
         super().__init__('%s: %s' % (source, message))
         self.source = source
         self.message = message

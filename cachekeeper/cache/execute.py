@@ -39,6 +39,7 @@ from cachekeeper.cache import names
 from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper import fmt
+from cachekeeper import progress as pass_progress
 
 LOG = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ExecuteResult:
 
 def execute(decisions, inventory, instances_path, policy, quarantine,
             now_fn=time.time, dry_run=False, stop_event=None,
-            removal_hold=None):
+            removal_hold=None, progress=None):
     """Carry out ``decisions`` (from plan.plan) and return an ExecuteResult.
 
     ``inventory`` re-checks the references to a file inside its lock;
@@ -104,8 +105,11 @@ def execute(decisions, inventory, instances_path, policy, quarantine,
     never between taking a lock and removing the file. ``removal_hold``,
     if given, is asked inside the lock just before each removal: it returns
     why this host may no longer remove (e.g. it lost the leadership of a
-    shared cache), or None.
+    shared cache), or None. ``progress`` (a progress.PassProgress) is told
+    each file.
     """
+    if progress is None:
+        progress = pass_progress.PassProgress()
     result = ExecuteResult()
     executor = _Executor(result, inventory, instances_path, policy,
                          quarantine, now_fn, dry_run, removal_hold)
@@ -123,6 +127,7 @@ def execute(decisions, inventory, instances_path, policy, quarantine,
                 result.files.extend(
                     _interrupted(d) for d in decisions[index:])
                 break
+            progress.file(decision.base_file.path)
             executor.lock_ahead(decisions, index)
             result.files.append(executor.carry_out(decision))
     finally:

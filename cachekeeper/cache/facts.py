@@ -162,6 +162,26 @@ class Policy:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileHistory:
+    """What the state database remembers of the use of one cache file.
+
+    ``last_seen_in_use`` and ``first_seen_in_use`` are when a pass last and
+    first saw an instance use it (None: never); ``uses`` how many instances
+    the passes saw starting to use it; ``comebacks`` how often it came back
+    after a removal. The eviction policy (cachekeeper.cache.eviction)
+    weighs them.
+    """
+
+    last_seen_in_use: float = None
+    first_seen_in_use: float = None
+    uses: int = 0
+    comebacks: int = 0
+
+
+NO_HISTORY = FileHistory()
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageCatalog:
     """What Glance says about the images behind the cache files.
 

@@ -57,6 +57,7 @@ from oslo_utils import units
 
 from cachekeeper.cache import inspect_cache
 from cachekeeper.cache import qcow2
+from cachekeeper import progress as pass_progress
 
 LOG = logging.getLogger(__name__)
 
@@ -574,14 +575,18 @@ class Inspector:
         source.seek(0)
         return _detect_all(source)
 
-    def inspect_many(self, requests):
+    def inspect_many(self, requests, progress=None):
         """Inspect (path, fmt) pairs; qemu-img runs in a pool of ``workers``.
 
         ``path`` is absolute. Returns {path: DiskInfo or InspectError}.
+        ``progress`` (a progress.PassProgress) is told each file.
         """
+        if progress is None:
+            progress = pass_progress.PassProgress()
         results = {}
         waiting = {}
         for path, fmt in dict(requests).items():
+            progress.file(path)
             try:
                 with _any_error_as_inspect_error(path):
                     st = _disk_stat(path)
@@ -598,7 +603,8 @@ class Inspector:
 
         def ask_qemu_img(path):
             try:
-                return self._ask_qemu_img(path, *waiting[path])
+                with progress.working_on(path):
+                    return self._ask_qemu_img(path, *waiting[path])
             except InspectError as e:
                 return e
 

@@ -36,6 +36,7 @@ from cachekeeper.cache import evidence
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
 from cachekeeper.cache import names
+from cachekeeper import progress as pass_progress
 
 # Reads of the instance directories before a pass gives up on them standing
 # still long enough to be read.
@@ -82,10 +83,12 @@ class Inventory:
     object with a ``domains()`` method that returns domains.Domain objects
     or raises domains.DomainsUnavailable. It is asked again at every recheck.
     ``memory`` is the evidence.Memory of the previous passes, if any.
+    ``progress`` (a progress.PassProgress) is told each directory and file
+    read.
     """
 
     def __init__(self, instances_path, cache_dir, inspector, excluded=(),
-                 domain_source=None, memory=None):
+                 domain_source=None, memory=None, progress=None):
         self.instances_path = instances_path
         self.cache_dir = cache_dir
         self.inspector = inspector
@@ -93,6 +96,8 @@ class Inventory:
             excluded)
         self.domain_source = domain_source
         self.memory = evidence.Memory() if memory is None else memory
+        self.progress = (pass_progress.PassProgress() if progress is None
+                         else progress)
         self._cache_names = names.CacheNames(())
         self._directories = {}
         self._domains = {}
@@ -231,7 +236,7 @@ class Inventory:
         """
         self._doubts = list(doubts)
         reader = chains.Reader(self.inspector, self.cache_dir, cache_names,
-                               self.memory.parsed_files)
+                               self.memory.parsed_files, self.progress)
         current = {}
         changed = []
         for directory in directories:
@@ -294,6 +299,7 @@ class Inventory:
         what could not be stat'ed.
         """
         doubts = []
+        self.progress.file(self.instances_path)
         try:
             with os.scandir(self.instances_path) as iterator:
                 entries = sorted(iterator, key=lambda entry: entry.name)

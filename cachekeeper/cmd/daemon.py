@@ -62,9 +62,10 @@ def main():
     LOG.info('cachekeeper %s starting on the %s backend; image cache %s',
              version.version_string(), CONF.service_backend,
              paths.cache_dir(CONF))
-    launcher = oslo_service.launch(
-        CONF, service.CacheKeeperService(notifier), workers=1,
-        restart_method='mutate')
+    cachekeeper_service = service.CacheKeeperService(notifier)
+    service.setup_reports(cachekeeper_service)
+    launcher = oslo_service.launch(CONF, cachekeeper_service, workers=1,
+                                   restart_method='mutate')
     while True:
         try:
             launcher.wait()

@@ -19,10 +19,12 @@ file name may smuggle in is left to the caller (printable.escape), which
 prints. The ``--json`` outputs are the documents themselves.
 """
 
+from cachekeeper.cache import eviction
 from cachekeeper.cache import facts
 from cachekeeper import demo
 from cachekeeper import fmt
 from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import ledger
 
 # The width of the titles of ``cache status``.
 TITLE_WIDTH = 13
@@ -214,7 +216,8 @@ def explanation(decision, evaluation, lock, qemu_lock, ledger_entry):
     lock file, whether it exists, the locks.LockHolder or None);
     ``qemu_lock`` what qemu_locks.probe found (None: not open), or the
     OSError it raised, for a regular file; ``ledger_entry`` its
-    ledger.LedgerEntry or None.
+    ledger.LedgerEntry or None. The last line says where the file stands
+    in the eviction order, when the budget could be applied.
     """
     base_file = decision.base_file
     name = base_file.name
@@ -256,6 +259,9 @@ def explanation(decision, evaluation, lock, qemu_lock, ledger_entry):
     lines.append('QEMU lock probe: %s' % _qemu_lock_text(base_file,
                                                          qemu_lock))
     lines.extend(_ledger_lines(ledger_entry))
+    if evaluation.budget_outcome is not None:
+        lines.append('eviction: %s' % _eviction_text(
+            decision, evaluation.usage, evaluation.budget_outcome))
     return lines
 
 
@@ -280,10 +286,42 @@ def _ledger_lines(entry):
     def when(timestamp):
         return 'never seen' if timestamp is None else fmt.utc(timestamp)
 
-    first_seen_unused = entry.first_seen_unused if entry else None
-    last_seen_in_use = entry.last_seen_in_use if entry else None
-    return ['first seen unused: %s' % when(first_seen_unused),
-            'last seen in use:  %s' % when(last_seen_in_use)]
+    if entry is None:
+        entry = ledger.LedgerEntry(name=None)
+    return ['first seen unused: %s' % when(entry.first_seen_unused),
+            'last seen in use:  %s' % when(entry.last_seen_in_use),
+            'first seen in use: %s' % when(entry.first_seen_in_use),
+            'uses:     %d (instances passes saw starting to use it), '
+            'comebacks: %d' % (entry.uses, entry.comebacks)]
+
+
+def _eviction_text(decision, usage, outcome):
+    """Why the budget (its budget.Outcome) evicted a file or spared it."""
+    name = decision.base_file.name
+    policy = outcome.limits.eviction_policy
+    ranking = [r.base_file.name for r in outcome.ranking]
+    if name not in ranking:
+        if decision.verdict == facts.REMOVABLE:
+            return 'not needed, it goes by age'
+        if decision.verdict != facts.TOO_YOUNG:
+            return 'never, a file %s is not evicted' % decision.verdict
+        if usage.doubts_about(name):
+            return 'not while disks that could use it are unread'
+        return 'not yet, used within eviction_minimum_age_seconds (%s)' % (
+            fmt.duration(outcome.limits.eviction_min_age))
+    index = ranking.index(name)
+    place = '%d of %d to go under eviction_policy = %s (%s)' % (
+        index + 1, len(ranking), policy, eviction.order_text(policy))
+    # When the pass measured the ages.
+    now = decision.base_file.mtime + decision.age
+    parts = outcome.ranking[index].parts(now)
+    if name in outcome.evicted:
+        return 'evicted, %s: %s' % (place, parts)
+    if outcome.over:
+        return ('spared, %s: evicting the %d before it was enough: %s'
+                % (place, len(outcome.evicted), parts))
+    return 'none needed, the cache is within its budget; %s: %s' % (
+        place, parts)
 
 
 # scrub

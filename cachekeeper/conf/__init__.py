@@ -11,6 +11,7 @@
 # under the License.
 
 from oslo_config import cfg
+from oslo_reports import opts as gmr_opts
 
 from cachekeeper.conf import coordination
 from cachekeeper.conf import default
@@ -36,6 +37,9 @@ ALL_MODULES = (
 def register_opts(conf):
     for module in ALL_MODULES:
         module.register_opts(conf)
+    # [oslo_reports], for the daemon's Guru Meditation Reports: checked
+    # with the rest of the configuration.
+    gmr_opts.set_defaults(conf)
 
 
 register_opts(CONF)

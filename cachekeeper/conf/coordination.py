@@ -23,6 +23,10 @@ elect one of them to remove files, through a tooz backend.
 coordination_opts = [
     cfg.StrOpt('backend_url',
         default='file://$instances_path/locks/cachekeeper-coordination',
+        # It may hold passwords (tooz reads them from the netloc and from
+        # query parameters): the option dump of debug logs hides it, and
+        # everything else shows it through cachekeeper.masking.
+        secret=True,
         help="""
 The tooz backend URL, such as ``redis://127.0.0.1:6379``. The default file
 backend works for one host and, through POSIX locks, for hosts that share

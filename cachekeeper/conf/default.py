@@ -68,6 +68,29 @@ written.
 The oslo.service backend the daemon runs on. It is chosen once at start-up,
 before any service module is loaded, so a change needs a restart.
 """),
+    cfg.IntOpt('pass_stall_timeout',
+        default=600,
+        min=1,
+        mutable=True,
+        help="""
+Seconds a running pass (or drain of the scrub queue) may go without moving on
+to another step or file, or receiving more bytes of a download. Past that,
+the daemon logs a warning naming the step and the file and stops notifying
+systemd's watchdog: systemd kills and restarts it once the unit's
+WatchdogSec= has gone by without a notification. Without WatchdogSec= nothing
+is checked.
+
+Choose it longer than the longest single step a healthy host takes: one
+``qemu-img info`` call ([image_cache] inspect_timeout, plus the few seconds a
+killed one takes to be reaped), one read or stat on slow shared storage,
+waiting for nova's lock on a file nova is working on, deleting the largest
+quarantined file, one Glance request, or converting the largest precached
+image to raw. Choose it short enough that a pass stuck for good, typically on
+a hung NFS server, is restarted before the host needs the next pass. The
+limits qemu-img runs under as in nova ([libvirt] images_cpu_time_limit and
+images_address_space_limit) do not bound its wall time: a process blocked on
+I/O reaches neither.
+"""),
     cfg.StrOpt('metrics_file',
         mutable=True,
         help="""

@@ -20,6 +20,7 @@ goes on as without it.
 """
 
 import dataclasses
+import os
 import time
 
 from oslo_log import log as logging
@@ -28,6 +29,7 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import names
 from cachekeeper.glance import client as glance_client
 from cachekeeper.glance import downloads
+from cachekeeper import progress as pass_progress
 
 LOG = logging.getLogger(__name__)
 
@@ -180,13 +182,18 @@ class ImageService:
             pinned.update(self._listing.pinned_ids)
         return pinned
 
-    def precache_pinned(self, present_names, stop_event=None):
+    def precache_pinned(self, present_names, stop_event=None,
+                        progress=None):
         """Download pinned images whose cache file is not in the cache.
 
         ``present_names`` are the names in the cache. At most
         MAX_PINNED_DOWNLOADS_PER_PASS downloads, images that failed before
-        last. Returns the PrecacheResults; never raises.
+        last. ``progress`` (a progress.PassProgress) is told each file and
+        each part of it downloaded. Returns the PrecacheResults; never
+        raises.
         """
+        if progress is None:
+            progress = pass_progress.PassProgress()
         if not self.configured or not self._available:
             return []
         pinned = self.pinned_image_ids()
@@ -202,9 +209,13 @@ class ImageService:
         for image_id in missing[:MAX_PINNED_DOWNLOADS_PER_PASS]:
             if stop_event is not None and stop_event.is_set():
                 break
+            progress.file(os.path.join(precacher.cache_dir,
+                                       names.image_cache_name(image_id)))
             try:
-                results.append(precacher.precache(image_id,
-                                                  stop_event=stop_event))
+                # A long download is no stalled pass while bytes arrive.
+                results.append(precacher.precache(
+                    image_id, stop_event=stop_event,
+                    progress=lambda _done, _total: progress.moved()))
             except Exception as e:
                 if not isinstance(e, downloads.PrecacheError):
                     LOG.exception('Unexpected error precaching pinned '

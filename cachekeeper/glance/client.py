@@ -23,6 +23,8 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1.loading import adapter as ks_adapter_loading
 
+from cachekeeper import masking
+
 GROUP = 'glance'
 API_VERSION = '2'
 
@@ -52,7 +54,12 @@ def make_client(conf):
 
 
 def error_text(exc, limit=200):
-    """One line of text for an exception of Glance or of the way to it."""
+    """One line of text for an exception of Glance or of the way to it.
+
+    keystoneauth's errors quote the URL they failed on (auth_url,
+    endpoint_override): it is masked before the text is cut, which could
+    cut a password in two.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = ' '.join(lines) or exc.__class__.__name__
+    text = masking.mask(' '.join(lines)) or exc.__class__.__name__
     return text if len(text) <= limit else text[:limit] + '...'

@@ -51,6 +51,7 @@ from oslo_log import log as logging
 from cachekeeper.cache import locks
 from cachekeeper.conf import paths
 from cachekeeper import fmt
+from cachekeeper import progress as pass_progress
 from cachekeeper.scrub import entries
 from cachekeeper.scrub import quarantine
 from cachekeeper.scrub import reconcile
@@ -221,16 +222,19 @@ class ScrubQueue:
                          last_error='touched while being quarantined')
 
     def drain(self, now, scrub_delay, max_attempts, ignore_delay=False,
-              stop_event=None):
+              stop_event=None, progress=None):
         """Delete the quarantined files that are due; return a DrainResult.
 
         Due are queued entries at least ``scrub_delay`` seconds old (or
         past their drain_at) whose retry backoff is over; ``ignore_delay``
         makes every queued entry due. After ``max_attempts`` failed
         deletions an entry is parked. ``stop_event`` (a threading.Event)
-        ends the drain between two files. Concurrent drains (other threads
-        or processes) wait for each other.
+        ends the drain between two files; ``progress`` (a
+        progress.PassProgress) is told each file. Concurrent drains (other
+        threads or processes) wait for each other.
         """
+        if progress is None:
+            progress = pass_progress.PassProgress()
         result = DrainResult()
         with self._drain_lock():
             last_id = 0
@@ -244,6 +248,7 @@ class ScrubQueue:
                         result.interrupted = True
                         break
                     last_id = entry.id
+                    progress.file(entry.quarantine_path)
                     self._drain_entry(entry, now, max_attempts, result)
             entries.forget_old(self.state_db, now)
         result.parked = self.counts().get(entries.PARKED, 0)

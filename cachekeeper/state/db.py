@@ -117,6 +117,17 @@ MIGRATIONS = (
                format TEXT NOT NULL,
                PRIMARY KEY (dev, ino))''',
     ),
+    (
+        # What the eviction policy weighs (see cachekeeper.state.ledger):
+        # when a pass first saw each file in use, how many instances were
+        # seen starting to use it (users: how many used it at the last
+        # pass, to tell the new ones), and how often it came back after a
+        # removal.
+        'ALTER TABLE ledger ADD COLUMN first_seen_in_use REAL',
+        'ALTER TABLE ledger ADD COLUMN uses INTEGER NOT NULL DEFAULT 0',
+        'ALTER TABLE ledger ADD COLUMN users INTEGER NOT NULL DEFAULT 0',
+        'ALTER TABLE ledger ADD COLUMN comebacks INTEGER NOT NULL DEFAULT 0',
+    ),
 )
 
 

@@ -15,10 +15,25 @@
 mtime says when a file was last asserted in use, but anybody can change
 it. The ledger keeps, in the state database, when a pass first saw a file
 unused (kept until a pass sees it in use again) and when a pass last saw it
-in use, so that aging survives restarts and can be explained.
+in use, so that aging survives restarts and can be explained; and when a
+pass first saw it in use, how many instances the passes saw starting to
+use it and how often it came back
+after a removal (cachekeeper.thrash records it), which the eviction policy
+weighs (cachekeeper.cache.eviction).
+
+A file's uses and comebacks outlive the file: an evicted image that comes
+back is weighed with the history it had, for HISTORY_RETENTION after a pass
+last saw it in use. A file no pass saw in use leaves no history.
 """
 
 import dataclasses
+
+# How long the history of a file that left the cache is kept after a pass
+# last saw it in use: as long as the scrub queue remembers removals.
+HISTORY_RETENTION = 30 * 86400
+
+_SELECT = ('SELECT name, first_seen_unused, last_seen_in_use, '
+           'first_seen_in_use, uses, comebacks FROM ledger')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,39 +41,71 @@ class LedgerEntry:
     name: str
     first_seen_unused: float = None
     last_seen_in_use: float = None
+    first_seen_in_use: float = None
+    uses: int = 0
+    comebacks: int = 0
 
 
-def record_usage(state_db, in_use_names, unused_names, now,
-                 present_names=None):
+def record_usage(state_db, users, unused_names, now, present_names=None):
     """Record what one pass saw, in one transaction.
 
-    ``in_use_names`` are cache files some instance uses, ``unused_names``
-    those none uses (a name in both counts as in use). Files the pass could
-    not decide about belong in neither: their records stay as they are.
-    When ``present_names`` (every file in the cache) is given, the records
-    of files no longer there are dropped, so that a file that comes back
-    ages from scratch.
+    ``users`` maps the cache files some instance uses to how many
+    instances use each; ``unused_names`` are those none uses (a name in
+    both counts as in use). A file's uses grow by the instances using it
+    beyond those of the pass before, so an instance counts once however
+    many passes see it (one that starts and ends between two passes, or
+    replaces another, is not seen). Files the pass could not decide about
+    belong in neither: their records stay as they are. When
+    ``present_names`` (every file in the cache) is given, a file no longer
+    there loses its aging, so that it ages from scratch if it comes back;
+    its history is kept until HISTORY_RETENTION after its last use.
     """
-    in_use = set(in_use_names)
-    unused = set(unused_names) - in_use
+    unused = set(unused_names) - set(users)
     with state_db.transaction() as db:
         db.executemany(
-            'INSERT INTO ledger (name, last_seen_in_use) VALUES (?, ?) '
+            'INSERT INTO ledger (name, last_seen_in_use, first_seen_in_use, '
+            'uses, users) VALUES (?, ?, ?, ?, ?) '
             'ON CONFLICT (name) DO UPDATE SET '
             'last_seen_in_use = excluded.last_seen_in_use, '
-            'first_seen_unused = NULL',
-            [(name, now) for name in sorted(in_use)])
+            'first_seen_in_use = COALESCE(first_seen_in_use, '
+            'excluded.first_seen_in_use), '
+            'first_seen_unused = NULL, '
+            'uses = uses + MAX(excluded.users - users, 0), '
+            'users = excluded.users',
+            [(name, now, now, count, count)
+             for name, count in sorted(users.items())])
         db.executemany(
             'INSERT INTO ledger (name, first_seen_unused) VALUES (?, ?) '
             'ON CONFLICT (name) DO UPDATE SET first_seen_unused = '
-            'COALESCE(first_seen_unused, excluded.first_seen_unused)',
+            'COALESCE(first_seen_unused, excluded.first_seen_unused), '
+            'users = 0',
             [(name, now) for name in sorted(unused)])
         if present_names is not None:
-            recorded = {row['name']
-                        for row in db.execute('SELECT name FROM ledger')}
-            db.executemany(
-                'DELETE FROM ledger WHERE name = ?',
-                [(name,) for name in sorted(recorded - set(present_names))])
+            _forget_absent(db, set(present_names), now)
+
+
+def _forget_absent(db, present, now):
+    """Drop the aging of files no longer in the cache, and old records."""
+    cutoff = now - HISTORY_RETENTION
+    gone = [(row['name'], row['last_seen_in_use'])
+            for row in db.execute('SELECT name, last_seen_in_use FROM ledger')
+            if row['name'] not in present]
+    db.executemany('DELETE FROM ledger WHERE name = ?',
+                   [(name,) for name, last in sorted(gone)
+                    if last is None or last < cutoff])
+    db.executemany(
+        'UPDATE ledger SET first_seen_unused = NULL, users = 0 '
+        'WHERE name = ? AND (first_seen_unused IS NOT NULL OR users != 0)',
+        [(name,) for name, last in sorted(gone)
+         if last is not None and last >= cutoff])
+
+
+def add_comebacks(connection, names):
+    """Count one comeback of each of ``names`` (caller's transaction)."""
+    connection.executemany(
+        'INSERT INTO ledger (name, comebacks) VALUES (?, 1) '
+        'ON CONFLICT (name) DO UPDATE SET comebacks = comebacks + 1',
+        [(name,) for name in sorted(names)])
 
 
 def lookup(state_db, name):
@@ -69,14 +116,11 @@ def lookup(state_db, name):
         # A name with bytes that are not UTF-8 is no name of nova's, and
         # SQLite cannot hold it: never recorded.
         return None
-    rows = state_db.query(
-        'SELECT name, first_seen_unused, last_seen_in_use FROM ledger '
-        'WHERE name = ?', (name,))
+    rows = state_db.query(_SELECT + ' WHERE name = ?', (name,))
     return LedgerEntry(**dict(rows[0])) if rows else None
 
 
-def last_uses(state_db):
-    """Return {name: when a pass last saw it in use} for every such file."""
-    rows = state_db.query('SELECT name, last_seen_in_use FROM ledger '
-                          'WHERE last_seen_in_use IS NOT NULL')
-    return {row['name']: row['last_seen_in_use'] for row in rows}
+def entries(state_db):
+    """Return {name: LedgerEntry} for every file the ledger knows."""
+    rows = state_db.query(_SELECT)
+    return {row['name']: LedgerEntry(**dict(row)) for row in rows}

@@ -15,3 +15,26 @@ copyright = 'OpenStack Foundation'
 master_doc = 'index'
 exclude_patterns = []
 html_theme = 'default'
+
+extensions = [
+    # .. show-options:: (configuration/config.rst)
+    'oslo_config.sphinxext',
+    # The sample config, generated at every build from the generator's
+    # own file (configuration/sample-config.rst).
+    'oslo_config.sphinxconfiggen',
+]
+
+# Relative to this directory; written to _static/cachekeeper.conf.sample.
+config_generator_config_file = (
+    '../../etc/cachekeeper/cachekeeper-config-generator.conf')
+sample_config_basename = '_static/cachekeeper'
+
+# sphinx-build -b man: (source, name, description, authors, section).
+man_pages = [
+    ('cli/cachekeeper-manage', 'cachekeeper-manage',
+     "inspect and act on nova's libvirt image cache", ['OpenStack'], 1),
+    ('cli/cachekeeper', 'cachekeeper',
+     "image cache daemon for nova's libvirt _base", ['OpenStack'], 8),
+]
+# The pages directly in the output directory, not in man1/ and man8/.
+man_make_section_directory = False

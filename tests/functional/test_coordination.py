@@ -12,6 +12,7 @@
 
 """Leader election on tooz's file backend, with real locks."""
 
+import io
 import json
 import logging
 import os
@@ -21,11 +22,16 @@ import time
 import urllib.parse
 
 from oslo_config import cfg
+from oslo_log import formatters
+from oslo_log import log as oslo_logging
 import pytest
+import tooz
 
 from cachekeeper.cache import registry
 import cachekeeper.conf
 from cachekeeper import coordination
+from cachekeeper import masking
+from tests.lib import tooz_urls
 
 # A short lease: the file backend beats every third of it.
 LEASE_QUERY = '?timeout=1'
@@ -283,11 +289,43 @@ def test_cache_id_follows_the_real_path(reach):
         coordination.cache_id(reach.instances_path))
 
 
-def test_safe_url(reach):
-    assert coordination.safe_url(
-               'redis://:secret@10.0.0.1:6379?timeout=5') == (
-        'redis://:***@10.0.0.1:6379?timeout=5')
-    assert coordination.safe_url('file:///var/lib/x') == 'file:///var/lib/x'
+@pytest.fixture
+def formatted_log():
+    """What cachekeeper.coordination logs, formatted as in the daemon's log.
+
+    oslo.log's formatter adds the exception being handled to a warning, in
+    the exception's own words.
+    """
+    conf = cfg.ConfigOpts()
+    oslo_logging.register_options(conf)
+    conf([])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatters.ContextFormatter(config=conf))
+    logger = logging.getLogger('cachekeeper.coordination')
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def test_a_backend_error_that_quotes_the_url_is_shown_masked(
+        cluster, formatted_log, monkeypatch):
+    template, secrets = tooz_urls.SECRET_URLS['redis']
+    url = template.format(port=6379)
+
+    def get_coordinator(backend_url, member_id):
+        # As a client library may word its error.
+        raise tooz.ToozError('cannot connect to %s' % backend_url)
+
+    monkeypatch.setattr('tooz.coordination.get_coordinator', get_coordinator)
+    coordinator = cluster.start('host-a', url=url)
+    assert coordinator.backend == masking.mask(url)
+    assert coordinator.removal_hold() == (
+        'coordination unavailable: cannot connect to %s' % masking.mask(url))
+    log = formatted_log.getvalue()
+    assert 'Coordination backend %s unavailable' % masking.mask(url) in log
+    for secret in secrets:
+        assert secret not in log
 
 
 class StatusHost:
@@ -344,6 +382,14 @@ def test_status_of_a_shared_cache(status_host):
              'host-b': {'registered_at': now - 2 * 86400,
                         'age_s': 172800.0, 'stale': True}}})
     assert coordination.status_warnings(document) == []
+
+
+def test_status_shows_the_backend_masked(status_host):
+    url = tooz_urls.SECRET_URLS['redis'][0].format(port=6379)
+    status_host.conf.set_override('backend_url', url, group='coordination')
+    document = coordination.status(status_host.conf, status_host.cache_dir,
+                                   time.time())
+    assert document['backend'] == masking.mask(url)
 
 
 def test_status_of_a_corrupt_registry_on_a_local_backend(status_host):

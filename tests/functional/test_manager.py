@@ -22,6 +22,7 @@ pass: it is warned once, and said resolved once it works again.
 import json
 import logging
 import os
+import shutil
 
 from oslo_config import cfg
 import pytest
@@ -30,6 +31,7 @@ from cachekeeper.cache import registry
 import cachekeeper.conf
 from cachekeeper import config
 from cachekeeper import manager
+from cachekeeper import progress
 from cachekeeper import report
 from cachekeeper.scrub import queue
 from cachekeeper.state import ledger
@@ -141,3 +143,85 @@ def test_a_failed_bookkeeping_step_is_warned_once(host, cache_manager,
     resolved = [r for r in caplog.records
                 if r.getMessage().startswith('Resolved: ' + what)]
     assert [r.levelname for r in resolved] == ['INFO']
+
+
+class RecordedProgress(progress.PassProgress):
+    """A PassProgress that keeps what it is told: [(step, [files])]."""
+
+    def __init__(self):
+        super().__init__()
+        self.told = []
+
+    def step(self, name):
+        self.told.append((name, []))
+        super().step(name)
+
+    def file(self, path):
+        self.told[-1][1].append(path)
+        super().file(path)
+
+    def working_on(self, path):
+        self.told[-1][1].append(path)
+        return super().working_on(path)
+
+    def files_in(self, name):
+        return {path for step, files in self.told if step == name
+                for path in files}
+
+
+def test_a_pass_tells_each_step_and_each_file(host, cache_manager):
+    recorded = cache_manager.progress = RecordedProgress()
+
+    cache_manager.run_pass()
+
+    assert [step for step, _files in recorded.told] == [
+        'leftovers', 'registry', 'scan', 'inventory', 'catalog', 'plan',
+        'bookkeeping', 'coordination', 'execute', 'bookkeeping',
+        'precache', 'drain', 'bookkeeping']
+    disk = os.path.join(host.instances_path, UUID, 'disk')
+    assert {os.path.dirname(disk), disk} <= recorded.files_in('inventory')
+    assert recorded.files_in('execute') >= {host.cache_path(X),
+                                            host.cache_path(U)}
+
+    [entry] = cache_manager.scrub_queue.entries()
+    recorded.told.clear()
+    cache_manager.drain(ignore_delay=True)
+
+    assert recorded.told == [('drain', [entry.quarantine_path])]
+
+
+def _allocate(path, mib=1):
+    """Give ``path`` ``mib`` MiB of real blocks, as a download leaves it."""
+    with open(path, 'r+b') as f:
+        os.posix_fallocate(f.fileno(), 0, mib * 1024 * 1024)
+
+
+NEW = hosttree.image('new-image')
+# The host's instance on X and two more.
+X_USERS = [UUID] + [UUID[:-1] + str(n) for n in (1, 2)]
+
+
+@pytest.mark.parametrize('policy, evicted', [('lru', X), ('cost', NEW)])
+def test_the_uses_a_pass_records_weigh_in_the_next_eviction(
+        host, cache_manager, policy, evicted):
+    _allocate(host.cache_path(X))
+    for uuid in X_USERS[1:]:
+        host.instance(uuid, {'disk': host.cache_path(X)})
+    cache_manager.run_pass()
+    assert ledger.lookup(cache_manager.scrub_queue.state_db, X).uses == 3
+    # Then the instances are gone, and a file no pass saw in use was
+    # downloaded since: lru evicts X, used longer ago; cost keeps it for
+    # its uses.
+    for uuid in X_USERS:
+        shutil.rmtree(os.path.join(host.instances_path, uuid))
+    _allocate(host.base(NEW, 0))
+    conf = cache_manager.conf
+    conf.set_override('max_cache_size_mb', 1, group='image_cache')
+    conf.set_override('eviction_minimum_age_seconds', 0, group='image_cache')
+    conf.set_override('eviction_policy', policy, group='image_cache')
+
+    result = cache_manager.run_pass()
+
+    assert [os.path.basename(f.path) for f in result.files
+            if f.reason.startswith('over budget')] == [evicted]
+    assert result.budget['evicted_files'] == 1

@@ -16,6 +16,7 @@ import os
 
 from cachekeeper.cache import locks
 from cachekeeper.cache import scan
+from cachekeeper.state import ledger
 from cachekeeper.state import totals
 from cachekeeper import thrash
 from tests.lib import scrubtree
@@ -83,6 +84,21 @@ def test_a_file_back_after_the_window_is_not_thrash(scrub):
     # Recorded all the same, so that it is not looked at again.
     assert scrub.queue.entry(entry.id).returned_at is not None
     assert scrub.queue.totals()[totals.COMEBACKS] == 0
+
+
+def test_every_file_back_counts_once_in_the_ledger(scrub):
+    # For the eviction policy: also after the window, and once however
+    # many passes see it back.
+    name, late = scrubtree.image_name(1), scrubtree.image_name(2)
+    scrub.remove(name)
+    scrub.remove(late)
+    scrub.come_back(name, NOW + 60)
+    scrub.come_back(late, NOW + 2 * DAY)
+    scrub.detect(NOW + 2 * DAY + 60)
+    scrub.detect(NOW + 2 * DAY + 120)
+    state_db = scrub.queue.state_db
+    assert ledger.lookup(state_db, name).comebacks == 1
+    assert ledger.lookup(state_db, late).comebacks == 1
 
 
 def test_an_evicted_file_asks_for_a_bigger_budget(scrub):

@@ -21,6 +21,9 @@ import sys
 import time
 
 BIN_DIR = os.path.dirname(sys.executable)
+# Runs the command line appended to it with WATCHDOG_PID set to its own pid,
+# which exec keeps: the daemon's, as systemd sets it.
+WITH_WATCHDOG_PID = ('sh', '-c', 'export WATCHDOG_PID=$$; exec "$@"', 'sh')
 
 
 def console_script(name):
@@ -41,10 +44,12 @@ class Daemon:
 
     ``wrapper`` is a command that runs the command line appended to it
     (it must exec it, so that the process is the daemon); ``env`` replaces
-    this process's environment.
+    this process's environment. ``watchdog_usec`` sets systemd's watchdog
+    for the daemon, as WatchdogSec= would.
     """
 
-    def __init__(self, workdir, config_file, wrapper=(), env=None):
+    def __init__(self, workdir, config_file, wrapper=(), env=None,
+                 watchdog_usec=None):
         self.log_path = os.path.join(workdir, 'daemon.log')
         self.notify_path = os.path.join(workdir, 'notify.sock')
         self.notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -53,6 +58,9 @@ class Daemon:
         self.notifications = []
         env = dict(os.environ if env is None else env,
                    NOTIFY_SOCKET=self.notify_path)
+        if watchdog_usec is not None:
+            env['WATCHDOG_USEC'] = str(watchdog_usec)
+            wrapper = WITH_WATCHDOG_PID + tuple(wrapper)
         with open(self.log_path, 'wb') as log:
             self.process = subprocess.Popen(
                 list(wrapper) + [console_script('cachekeeper'),

@@ -17,7 +17,10 @@ import subprocess
 
 import pytest
 
+from cachekeeper import masking
 from tests.lib import daemon
+from tests.lib import hosttree
+from tests.lib import tooz_urls
 
 PASS_LINE = r'INFO cachekeeper.service .* Pass done'
 
@@ -256,3 +259,45 @@ def test_state_path_missing(bad_config):
         DEFAULT={'state_path': os.path.join(bad_config.tmp, 'nowhere')})
     bad_config.assert_one_line(bad_config.run('--config-file', config_file),
                           '[DEFAULT] state_path')
+
+
+def test_the_debug_log_shows_no_secret_of_the_backend_url(tmp_path):
+    # redis, whose client the test requirements install, so that the
+    # daemon really connects; with the secrets of every driver, and one
+    # that only mask_password knows.
+    template, secrets = tooz_urls.SECRET_URLS['redis']
+    template += ('&keyfile_password=keyfile-pw&ssl_key_password=ssl-key-pw'
+                 '&token=a-token')
+    secrets += ('keyfile-pw', 'ssl-key-pw', 'a-token')
+    host = DaemonHost(str(tmp_path), 'eventlet')
+    # A file a pass would remove but for the unreachable backend.
+    unused = os.path.join(host.instances_path, '_base',
+                          hosttree.image('unused'))
+    with open(unused, 'wb') as f:
+        f.truncate(1024 * 1024)
+    hosttree.set_age(unused, 2 * hosttree.DAY)
+    with tooz_urls.closed_port() as port:
+        url = template.format(port=port)
+        daemon.write_config(
+            host.config_file,
+            DEFAULT={'instances_path': host.instances_path,
+                     'state_path': host.state_path, 'debug': True},
+            image_cache={'manager_interval': 1},
+            coordination={'backend_url': url})
+        process = daemon.Daemon(host.tmp, host.config_file)
+        try:
+            process.wait_for(r'WARNING cachekeeper.coordination .* '
+                             r'unavailable')
+            process.wait_for(PASS_LINE)
+            log = process.stop_cleanly()
+        finally:
+            process.kill()
+    # The eventlet backend logs every option at start with debug on.
+    assert process.lines(r'coordination\.backend_url +=\s\*{4}\s')
+    assert 'Coordination backend %s unavailable' % masking.mask(url) in log
+    with open(os.path.join(host.state_path, 'last_pass.json')) as f:
+        report = f.read()
+    assert 'coordination unavailable' in report
+    for secret in secrets:
+        assert secret not in log
+        assert secret not in report

@@ -12,6 +12,7 @@
 
 import logging
 import os
+import types
 
 from oslo_config import cfg
 import pytest
@@ -156,6 +157,26 @@ def test_state_path_is_a_file(conf_dir):
     assert 'not a directory' in problems[0]
 
 
+@pytest.mark.parametrize('read_only, reason', [
+    (True, 'is on a read-only file system (systemd ProtectSystem?)'),
+    (False, 'is not writable by this user'),
+])
+def test_state_path_not_writable_says_why(conf_dir, monkeypatch, read_only,
+                                          reason):
+    # A read-only mount is what systemd's ProtectSystem=strict makes of a
+    # path outside ReadWritePaths= (tests/system/test_systemd_sandbox.py
+    # mounts one for real).
+    access, statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, 'access', lambda path, mode: (
+        path != conf_dir.state_path and access(path, mode)))
+    monkeypatch.setattr(os, 'statvfs', lambda path: (
+        types.SimpleNamespace(f_flag=os.ST_RDONLY if read_only else 0)
+        if path == conf_dir.state_path else statvfs(path)))
+    problems = conf_dir.problems('')
+    assert problems == ['[DEFAULT] state_path: %s %s' % (
+        conf_dir.state_path, reason)]
+
+
 def test_missing_config_file(conf_dir):
     conf = cfg.ConfigOpts()
     cachekeeper.conf.register_opts(conf)
@@ -222,3 +243,98 @@ def test_bad_values_keep_the_running_ones_until_a_good_reload(reload_dir):
     conf.mutate_config_files()
     assert conf.image_cache.manager_interval == 30
     assert config.validate(conf) == []
+
+
+@pytest.mark.parametrize('text', [
+    # Not a URL, so not masked as one: not shown at all.
+    '[coordination]\nbackend_url = redis:/:s3cret@10.0.0.1\n',
+    # A line oslo.config cannot parse, which it quotes.
+    '[coordination]\n  backend_url = redis://:s3cret@10.0.0.1\n',
+])
+def test_a_problem_does_not_show_a_secret(conf_dir, text):
+    [problem] = conf_dir.problems(text)
+    assert 's3cret' not in problem
+
+
+class EtcFiles:
+    """nova.conf and cachekeeper.conf where DEFAULT_CONFIG_FILES says,
+    which is in a temporary directory rather than in /etc.
+    """
+
+    def __init__(self, tmp, monkeypatch):
+        self.tmp = tmp
+        self.nova_conf = os.path.join(tmp, 'nova', 'nova.conf')
+        self.cachekeeper_conf = os.path.join(tmp, 'cachekeeper',
+                                             'cachekeeper.conf')
+        monkeypatch.setattr(config, 'DEFAULT_CONFIG_FILES',
+                            (self.nova_conf, self.cachekeeper_conf))
+        self.state_path = os.path.join(tmp, 'state')
+        os.mkdir(self.state_path)
+
+    def write(self, path, text):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
+    def write_both(self):
+        # nova's state_path is nova's own directory: cachekeeper.conf's wins.
+        self.write(self.nova_conf, '[DEFAULT]\n'
+                   'instances_path = /srv/nova/instances\n'
+                   'host = compute-7\n'
+                   'state_path = /var/lib/nova\n')
+        self.write(self.cachekeeper_conf,
+                   '[DEFAULT]\nstate_path = %s\n' % self.state_path)
+
+    def parse(self, *args):
+        conf = cfg.ConfigOpts()
+        cachekeeper.conf.register_opts(conf)
+        config.parse_args(['cachekeeper-manage'] + list(args), conf=conf)
+        return conf
+
+
+@pytest.fixture
+def etc_files(tmp_path, monkeypatch):
+    return EtcFiles(str(tmp_path), monkeypatch)
+
+
+def test_without_config_options_nova_conf_then_cachekeeper_conf(etc_files):
+    etc_files.write_both()
+    conf = etc_files.parse()
+    assert conf.config_file == [etc_files.nova_conf,
+                                etc_files.cachekeeper_conf]
+    assert (conf.instances_path, conf.host, conf.state_path) == (
+        '/srv/nova/instances', 'compute-7', etc_files.state_path)
+
+
+def test_a_default_config_file_that_does_not_exist_is_skipped(etc_files):
+    etc_files.write(etc_files.cachekeeper_conf,
+                    '[DEFAULT]\nstate_path = %s\n' % etc_files.state_path)
+    conf = etc_files.parse()
+    assert conf.config_file == [etc_files.cachekeeper_conf]
+    assert conf.instances_path == '/var/lib/nova/instances'
+
+
+@pytest.mark.parametrize('option', ['--config-file', '--config-dir'])
+@pytest.mark.parametrize('spelling', ['{option} {path}', '{option}={path}'])
+def test_a_config_file_or_directory_given_replaces_the_defaults(
+        etc_files, option, spelling):
+    etc_files.write_both()
+    given = etc_files.write(
+        os.path.join(etc_files.tmp, 'given', 'given.conf'),
+        '[DEFAULT]\nstate_path = %s\n' % etc_files.state_path)
+    path = given if option == '--config-file' else os.path.dirname(given)
+    conf = etc_files.parse(*spelling.format(option=option,
+                                            path=path).split())
+    assert conf.config_file == ([given] if option == '--config-file' else [])
+    assert conf.instances_path == '/var/lib/nova/instances'
+
+
+def test_help_says_which_config_files_are_read_by_default(capsys):
+    conf = cfg.ConfigOpts()
+    with pytest.raises(SystemExit):
+        config.parse_args(['cachekeeper-manage', '--help'], conf=conf)
+    help_text = ' '.join(capsys.readouterr().out.split())
+    assert config.CONFIG_FILES_HELP in help_text
+    assert ('/etc/nova/nova.conf and then /etc/cachekeeper/cachekeeper.conf'
+            in help_text)

@@ -172,10 +172,6 @@ class Devstack:
         self.fake_bin = self.mkdir('fake-bin')
         _write(os.path.join(self.fake_bin, 'oslo-config-generator'),
                FAKE_GENERATOR_SH, mode=0o755)
-        # plugin.sh installs qemu-img where it is missing: here it is not,
-        # whether this machine has one or not.
-        _write(os.path.join(self.fake_bin, 'qemu-img'), '#!/bin/sh\nexit 0\n',
-               mode=0o755)
         self.calls_log = os.path.join(self.tmp, 'calls.log')
         self.stubs = os.path.join(self.tmp, 'stubs.sh')
         _write(self.stubs, STUBS_SH)
@@ -226,15 +222,10 @@ class Devstack:
                 ' '.join(' '.join(phase) for phase in phases),
                 e.returncode, e.stderr))
 
-    def bin_dir(self, name, stubs=()):
-        """A PATH entry holding only grep (plugin.sh uses it) and ``stubs``,
-        commands that exit 0 and do nothing else.
-        """
+    def bin_dir(self, name):
+        """A PATH entry holding only grep, which plugin.sh uses."""
         bin_dir = self.mkdir(name)
         os.symlink(shutil.which('grep'), os.path.join(bin_dir, 'grep'))
-        for command in stubs:
-            _write(os.path.join(bin_dir, command), '#!/bin/sh\nexit 0\n',
-                   mode=0o755)
         return bin_dir
 
     def stack(self, **kwargs):
@@ -270,14 +261,31 @@ def test_install(devstack):
         devstack.calls())
 
 
-def test_install_qemu_img_when_missing(devstack):
+def _devstack_packages(path):
+    """The packages of a devstack/files list, read as devstack reads it.
+
+    As functions-common's _parse_package_files: a NOPRIME line is left for
+    later, what follows a ``#`` is a comment; ``dist:`` and ``not:``
+    qualifiers are not used here.
+    """
+    with open(os.path.join(REPO_ROOT, 'devstack', 'files', path)) as f:
+        lines = f.read().splitlines()
+    assert not [line for line in lines if 'dist:' in line or 'not:' in line]
+    return [line.split('#', 1)[0].strip() for line in lines
+            if 'NOPRIME' not in line and line.split('#', 1)[0].strip()]
+
+
+def test_qemu_img_comes_from_devstacks_package_lists():
+    # devstack installs files/debs/<plugin> on Debian and Ubuntu and
+    # files/rpms/<plugin> on the Red Hat family, before any plugin phase.
+    assert _devstack_packages(os.path.join('debs', 'cachekeeper')) == (
+        ['qemu-utils'])
+    assert _devstack_packages(os.path.join('rpms', 'cachekeeper')) == (
+        ['qemu-img'])
+
+
+def test_install_installs_no_package_itself(devstack):
     devstack.run(['stack', 'install'], path=devstack.bin_dir('no-qemu'))
-    assert ['install_package', 'qemu-utils'] in devstack.calls()
-
-
-def test_install_keeps_existing_qemu_img(devstack):
-    devstack.run(['stack', 'install'],
-                 path=devstack.bin_dir('qemu', stubs=['qemu-img']))
     assert 'install_package' not in [c[0] for c in devstack.calls()]
 
 

@@ -12,44 +12,40 @@
 
 """Tests for etc/systemd/cachekeeper.service."""
 
-import collections
 import configparser
+import glob
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 
+from oslo_config import cfg
+from oslo_log import log as logging
 import pytest
 
+import cachekeeper.conf
 from cachekeeper.conf import default
 from cachekeeper import config
+from tests.lib import unitfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-UNIT_PATH = os.path.join(REPO_ROOT, 'etc', 'systemd', 'cachekeeper.service')
-INSTALLED_EXEC = '/usr/bin/cachekeeper'
+REPO_ROOT = unitfile.REPO_ROOT
+UNIT_PATH = unitfile.UNIT_PATH
+# Resolved by systemd through its own search path: see
+# test_exec_start_finds_pip_and_package_installs.
+INSTALLED_EXEC = 'cachekeeper'
 
 # oslo.service's [DEFAULT] graceful_shutdown_timeout default, in seconds.
 GRACEFUL_SHUTDOWN_TIMEOUT = 60
 
-
-def parse_unit(text):
-    """Return {section: {key: [values]}}: keys may repeat in a unit file."""
-    sections = collections.defaultdict(lambda: collections.defaultdict(list))
-    section = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(('#', ';')):
-            continue
-        if line.startswith('[') and line.endswith(']'):
-            section = line[1:-1]
-            continue
-        if section is None or '=' not in line or line.endswith('\\'):
-            raise ValueError('line %d not understood: %r' % (number, raw))
-        key, value = line.split('=', 1)
-        sections[section][key.strip()].append(value.strip())
-    return sections
+# Where the documented example paths are read from: the README and the
+# documentation (devstack/ is left out: DevStack runs the daemon in its own
+# devstack@cachekeeper unit, not this one).
+DOCUMENTS = [os.path.join(REPO_ROOT, 'README.rst')] + sorted(glob.glob(
+    os.path.join(REPO_ROOT, 'doc', 'source', '**', '*.rst'), recursive=True))
+# "option = /a/path" or "option = file:///a/path", as the docs write them.
+_EXAMPLE = re.compile(r'\b(\w+) = ((?:file://)?/[^\s`]+)')
 
 
 def _option_default(name):
@@ -57,27 +53,9 @@ def _option_default(name):
                 if opt.name == name)
 
 
-class UnitFile:
-    """The unit file, parsed."""
-
-    def __init__(self, path):
-        with open(path) as f:
-            self.sections = parse_unit(f.read())
-
-    def one(self, section, key):
-        values = self.sections[section][key]
-        assert len(values) == 1, ('%s= set %d times in [%s]'
-                                  % (key, len(values), section))
-        return values[0]
-
-    def words(self, section, key):
-        return [word for value in self.sections[section][key]
-                for word in value.split()]
-
-
 @pytest.fixture(scope='module')
 def unit():
-    return UnitFile(UNIT_PATH)
+    return unitfile.UnitFile(UNIT_PATH)
 
 
 def test_sections(unit):
@@ -119,16 +97,118 @@ def test_restart_and_stop(unit):
 
 def test_file_system_is_read_only_but_for_the_daemon_paths(unit):
     assert unit.one('Service', 'ProtectSystem') == 'strict'
-    writable = unit.words('Service', 'ReadWritePaths')
-    assert sorted(writable) == sorted(
-        [_option_default('instances_path'), _option_default('state_path')])
     assert unit.one('Service', 'StateDirectory') == 'cachekeeper'
     assert unit.one('Service', 'StateDirectoryMode') == '0700'
-    assert _option_default('state_path') == (
-        os.path.join('/var/lib', unit.one('Service', 'StateDirectory')))
     assert unit.one('Service', 'PrivateTmp') == 'yes'
     assert unit.one('Service', 'ProtectHome') == 'yes'
     assert unit.one('Service', 'NoNewPrivileges') == 'yes'
+    # The service cannot do without instances_path: it must not start
+    # without it. The other directories belong to other packages.
+    entries = unit.words('Service', 'ReadWritePaths')
+    assert _option_default('instances_path') in entries
+    assert [entry for entry in entries if not entry.startswith('-')] == (
+        [_option_default('instances_path')])
+
+
+def _configuration():
+    """Every option the daemon reads, with its default value."""
+    conf = cfg.ConfigOpts()
+    cachekeeper.conf.register_opts(conf)
+    # log_dir and log_file.
+    logging.register_options(conf)
+    conf([], project='cachekeeper', default_config_files=[],
+         default_config_dirs=[])
+    return conf
+
+
+def _option_values(conf):
+    """Yield (name, value) for every option, in every group."""
+    for name in conf:
+        value = conf[name]
+        if isinstance(value, cfg.ConfigOpts.GroupAttr):
+            for option in value:
+                yield option, value[option]
+        else:
+            yield name, value
+
+
+def _path(value):
+    """The absolute path in an option's value, None if there is none."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith('file://'):
+        # A tooz file backend: its directory.
+        return urllib.parse.urlsplit(value).path
+    return value if os.path.isabs(value) else None
+
+
+def _documented_paths():
+    """[(path, where it comes from)]: option defaults and doc examples."""
+    conf = _configuration()
+    names = set()
+    paths = []
+    for name, value in _option_values(conf):
+        names.add(name)
+        if _path(value):
+            paths.append((_path(value), 'the default of %s' % name))
+    for document in DOCUMENTS:
+        with open(document) as f:
+            examples = _EXAMPLE.findall(f.read())
+        paths.extend((_path(value), '%s in %s' % (
+            name, os.path.relpath(document, REPO_ROOT)))
+            for name, value in examples if name in names)
+    return paths
+
+
+def _is_within(path, directory):
+    return os.path.commonpath([path, directory]) == directory
+
+
+def test_every_documented_path_is_writable(unit):
+    documented = _documented_paths()
+    # The scan finds what it must: a default with a $variable in it, and
+    # the README's example.
+    assert (os.path.join(_option_default('instances_path'),
+                         '.cachekeeper-quarantine'),
+            'the default of quarantine_dir') in documented
+    assert 'metrics_file in README.rst' in [where for _, where in documented]
+    writable = [path for path, _optional in unit.writable_paths()]
+    outside = [(path, where) for path, where in documented
+               if not any(_is_within(path, directory)
+                          for directory in writable)]
+    assert not outside, 'not in ReadWritePaths=: %s' % outside
+
+
+def test_state_path_is_the_state_directory(unit):
+    assert _option_default('state_path') == (
+        os.path.join('/var/lib', unit.one('Service', 'StateDirectory')))
+
+
+def test_metrics_example_is_debians_textfile_directory(unit):
+    # prometheus-node-exporter's --collector.textfile.directory on Debian
+    # and Ubuntu.
+    debian = '/var/lib/prometheus/node-exporter'
+    # Optional: not every compute host runs node_exporter.
+    assert '-' + debian in unit.words('Service', 'ReadWritePaths')
+    with open(os.path.join(REPO_ROOT, 'README.rst')) as f:
+        examples = dict(_EXAMPLE.findall(f.read()))
+    assert os.path.dirname(examples['metrics_file']) == debian
+
+
+def test_sandbox_keeps_what_the_daemon_needs(unit):
+    service = unit.sections['Service']
+    # prlimit64 and setrlimit, which put nova's limits on qemu-img, are in
+    # @system-service (@resources).
+    assert unit.words('Service', 'SystemCallFilter') == ['@system-service']
+    assert unit.one('Service', 'SystemCallErrorNumber') == 'EPERM'
+    assert sorted(unit.words('Service', 'RestrictAddressFamilies')) == (
+        ['AF_INET', 'AF_INET6', 'AF_UNIX'])
+    # The modes nova-compute gives the files cachekeeper writes too.
+    assert unit.one('Service', 'UMask') == '0022'
+    # Each would break something: the unit file says what.
+    for key in ('PrivateUsers', 'PrivateDevices', 'MemoryDenyWriteExecute',
+                'RemoveIPC', 'PrivateNetwork', 'IPAddressDeny'):
+        assert key not in service, key
 
 
 def test_only_capability_is_fowner(unit):
@@ -151,7 +231,9 @@ def test_ordering(unit):
 
 
 def test_documentation_and_install(unit):
-    assert re.search(r'^https://', unit.one('Unit', 'Documentation'))
+    # The manual pages the package installs (doc/source/cli/).
+    assert unit.words('Unit', 'Documentation') == (
+        ['man:cachekeeper(8)', 'man:cachekeeper-manage(1)'])
     assert unit.one('Install', 'WantedBy') == 'multi-user.target'
 
 
@@ -165,13 +247,13 @@ def test_installed_by_pbr(unit):
 
 
 def test_repeated_keys_and_comments():
-    unit = parse_unit('# c\n[Unit]\nAfter=a\n; c\nAfter = b c\n')
+    unit = unitfile.parse_unit('# c\n[Unit]\nAfter=a\n; c\nAfter = b c\n')
     assert unit['Unit'] == {'After': ['a', 'b c']}
 
 
 def test_refuses_continuation_lines():
     with pytest.raises(ValueError):
-        parse_unit('[Service]\nExecStart=/bin/true \\\n  -x\n')
+        unitfile.parse_unit('[Service]\nExecStart=/bin/true \\\n  -x\n')
 
 
 def _existing_executable():
@@ -188,6 +270,15 @@ requires_systemd_analyze = pytest.mark.skipif(
     reason='systemd-analyze is not installed')
 
 
+def _systemd_analyze(*args, cwd):
+    """Run systemd-analyze; return (exit status, what it printed)."""
+    result = subprocess.run(
+        ('systemd-analyze',) + args,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=60, cwd=cwd)
+    return result.returncode, result.stdout
+
+
 class SystemdVerify:
     """systemd-analyze verify, on a unit file written in ``tmp``."""
 
@@ -198,17 +289,16 @@ class SystemdVerify:
         path = os.path.join(self.tmp, 'cachekeeper.service')
         with open(path, 'w') as f:
             f.write(text)
-        result = subprocess.run(
-            ['systemd-analyze', 'verify', path],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, timeout=60, cwd=self.tmp)
+        # The manual pages are installed with the package, not here.
+        returncode, output = _systemd_analyze('verify', '--man=no', path,
+                                              cwd=self.tmp)
         # verify exits 0 even for unknown keys and values it cannot parse,
         # so every line it prints counts. Lines that do not name this unit
         # are about the units it pulls in (network-online.target,
         # multi-user.target) and belong to the host.
-        problems = [line for line in result.stdout.splitlines()
+        problems = [line for line in output.splitlines()
                     if 'cachekeeper.service' in line]
-        return result.returncode, problems
+        return returncode, problems
 
 
 @pytest.fixture
@@ -235,3 +325,61 @@ def test_verify_reports_a_bad_key(systemd_verify):
         '[Service]\nTyp=notify\nExecStart=%s\n' % sys.executable)
     assert len(problems) == 1, problems
     assert "Unknown key 'Typ'" in problems[0]
+
+
+@requires_systemd_analyze
+@pytest.mark.parametrize('bin_dir, found', [
+    ('usr/local/bin', True),   # pip install
+    ('usr/bin', True),         # distribution package
+    ('opt/cachekeeper/bin', False),
+])
+def test_exec_start_finds_pip_and_package_installs(tmp_path, bin_dir,
+                                                   found):
+    # verify --root looks the command up below the root, through the
+    # search path that systemd itself uses.
+    root = tmp_path / 'root'
+    executable = root / bin_dir / INSTALLED_EXEC
+    executable.parent.mkdir(parents=True)
+    executable.write_text('#!/bin/sh\n')
+    executable.chmod(0o755)
+    unit_dir = root / 'etc' / 'systemd' / 'system'
+    unit_dir.mkdir(parents=True)
+    shutil.copy(UNIT_PATH, unit_dir)
+    _returncode, output = _systemd_analyze(
+        'verify', '--man=no', '--root', str(root),
+        str(unit_dir / 'cachekeeper.service'), cwd=str(tmp_path))
+    # The root has nothing else (no /bin/kill, no targets): only the
+    # line about this command matters.
+    missing = 'Command %s is not executable' % INSTALLED_EXEC
+    assert (missing not in output) == found, output
+
+
+@pytest.mark.skipif(not shutil.which('systemd-path'),
+                    reason='systemd-path is not installed')
+def test_pip_install_comes_first_in_the_search_path():
+    # As in a shell's PATH: a pip install is meant to take precedence.
+    search_path = subprocess.run(
+        ['systemd-path', 'search-binaries-default'], stdout=subprocess.PIPE,
+        text=True, timeout=60, check=True).stdout.strip().split(':')
+    assert search_path.index('/usr/local/bin') < (
+        search_path.index('/usr/bin'))
+
+
+@requires_systemd_analyze
+def test_security_exposure_is_at_most_3(tmp_path):
+    # --threshold is in tenths: exit status 1 above an exposure of 3.0.
+    returncode, output = _systemd_analyze(
+        'security', '--offline=yes', '--threshold=30', UNIT_PATH,
+        cwd=str(tmp_path))
+    assert returncode == 0, output
+
+
+@requires_systemd_analyze
+def test_security_threshold_fails_an_unhardened_unit(tmp_path):
+    # The check above can fail: the exit status follows the threshold.
+    path = tmp_path / 'bare.service'
+    path.write_text('[Service]\nExecStart=%s\n' % sys.executable)
+    returncode, output = _systemd_analyze(
+        'security', '--offline=yes', '--threshold=30', str(path),
+        cwd=str(tmp_path))
+    assert returncode != 0, output

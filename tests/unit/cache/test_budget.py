@@ -17,6 +17,7 @@ from oslo_config import cfg
 import pytest
 
 from cachekeeper.cache import budget
+from cachekeeper.cache import eviction
 from cachekeeper.cache import facts
 from cachekeeper.cache import names
 from cachekeeper.cache import plan
@@ -67,9 +68,9 @@ class Cache:
     def plan(self):
         return plan.plan(self.files, self.usage, POLICY, NOW)
 
-    def apply(self, limits=LIMITS, last_used=None, filesystem=None,
+    def apply(self, limits=LIMITS, history=None, filesystem=None,
               waiting=()):
-        return budget.apply(self.plan(), self.usage, last_used or {},
+        return budget.apply(self.plan(), self.usage, history or {},
                             limits, filesystem, list(waiting), NOW)
 
 
@@ -284,14 +285,16 @@ def test_last_use_is_the_later_of_mtime_and_the_ledger():
     seen = cache.add('seen', 20 * HOUR, mib=3)
     other = cache.add('other', 5 * HOUR, mib=3)
     cache.add('third', 4 * HOUR, mib=6)
-    _, outcome = cache.apply(last_used={seen: NOW - HOUR})
+    _, outcome = cache.apply(
+        history={seen: facts.FileHistory(last_seen_in_use=NOW - HOUR)})
     assert outcome.evicted == (other,)
 
 
 def test_ledger_use_within_eviction_minimum_age_protects():
     cache = Cache()
     seen = cache.add('seen', 20 * HOUR, mib=12)
-    _, outcome = cache.apply(last_used={seen: NOW - MINUTE})
+    _, outcome = cache.apply(
+        history={seen: facts.FileHistory(last_seen_in_use=NOW - MINUTE)})
     assert outcome.evicted == ()
 
 
@@ -442,8 +445,77 @@ def test_from_the_image_cache_options():
     image_cache.register_opts(conf)
     conf([], project='cachekeeper-test', default_config_files=[])
     try:
-        assert budget.Limits.from_conf(conf) == budget.Limits(0, 85, 80, 600)
+        assert budget.Limits.from_conf(conf) == budget.Limits(
+            0, 85, 80, 600, eviction.COST)
         conf.set_override('max_cache_size_mb', 3, group='image_cache')
         assert budget.Limits.from_conf(conf).max_cache_bytes == 3 * MiB
     finally:
         conf.reset()
+
+
+COST_LIMITS = dataclasses.replace(LIMITS, eviction_policy=eviction.COST)
+
+
+def test_under_cost_a_file_instances_come_back_to_is_spared():
+    cache = Cache()
+    popular = cache.add('popular', 5 * HOUR, mib=6)
+    recent = cache.add('recent', 1 * HOUR, mib=6)
+    history = {popular: facts.FileHistory(uses=4, comebacks=1)}
+    decisions, outcome = cache.apply(COST_LIMITS, history=history)
+    assert outcome.evicted == (recent,)
+    assert by_name(decisions)[recent].reason == (
+        'over budget (cache 12.0 MiB > 10.0 MiB max): last used 1h ago, '
+        '0 uses, 0 comebacks, 6.0 MiB to download again: credit 43d 16h, '
+        'evicted lowest expected cost first')
+    # The same history means nothing to lru.
+    _, outcome = cache.apply(LIMITS, history=history)
+    assert outcome.evicted == (popular,)
+
+
+def test_under_cost_the_watermarks_evict_in_the_same_order():
+    cache = Cache()
+    popular = cache.add('popular', 5 * HOUR, mib=2)
+    others = [cache.add('f%d' % age, age * HOUR, mib=2) for age in (4, 3, 1)]
+    history = {popular: facts.FileHistory(uses=4)}
+    over = budget.Filesystem(size=100 * MiB, used=86 * MiB)
+    _, outcome = cache.apply(WATERMARK_LIMITS, filesystem=over,
+                             history=history)
+    assert outcome.evicted == (popular, others[0], others[1])
+    limits = dataclasses.replace(WATERMARK_LIMITS,
+                                 eviction_policy=eviction.COST)
+    _, outcome = cache.apply(limits, filesystem=over, history=history)
+    assert outcome.over_watermark
+    assert outcome.evicted == tuple(others)
+
+
+def test_the_ranking_is_there_within_the_budget_too():
+    cache = Cache()
+    cache.add('used', 30 * DAY, mib=1, used=True)
+    old = cache.add('old', 5 * HOUR, mib=1)
+    new = cache.add('new', 1 * HOUR, mib=1)
+    cache.add('recent', 5 * MINUTE, mib=1)
+    _, outcome = cache.apply()
+    assert not outcome.over
+    # Only what could be evicted: not the file in use, not the recent one.
+    assert [r.base_file.name for r in outcome.ranking] == [old, new]
+    assert outcome.evicted == ()
+
+
+def test_a_given_order_replaces_the_policy():
+    cache = Cache()
+    first = cache.add('first', 1 * HOUR, mib=6)
+    cache.add('second', 5 * HOUR, mib=6)
+
+    def by_name_descending(candidates, policy, now):
+        assert policy == eviction.LRU and now == NOW
+        return sorted((eviction.Ranked(b, 'test', b.mtime, h, 0)
+                       for b, h in candidates),
+                      key=lambda r: r.base_file.name, reverse=True)
+
+    decisions, outcome = budget.apply(
+        cache.plan(), cache.usage, {}, LIMITS, None, [], NOW,
+        order=by_name_descending)
+    expected = max(first, sha1('second'))
+    assert outcome.evicted == (expected,)
+    assert by_name(decisions)[expected].reason.endswith(
+        'evicted in test order')

@@ -17,8 +17,11 @@ import types
 
 import pytest
 
+from cachekeeper.cache import budget
+from cachekeeper.cache import eviction
 from cachekeeper.cache import facts
 from cachekeeper.cache import locks
+from cachekeeper.cache import plan
 from cachekeeper.cache import qemu_locks
 from cachekeeper.cmd import render
 from cachekeeper import demo
@@ -279,8 +282,9 @@ def base_file(name='a' * 40, kind=facts.ORIGINAL, file_type='file'):
                           allocated=MiB, mtime=NOW - 2 * DAY, dev=1, ino=2)
 
 
-def evaluation(usage=None):
-    return types.SimpleNamespace(policy=POLICY, usage=usage or facts.Usage())
+def evaluation(usage=None, budget_outcome=None):
+    return types.SimpleNamespace(policy=POLICY, usage=usage or facts.Usage(),
+                                 budget_outcome=budget_outcome)
 
 
 NO_LOCK = ('/var/lib/nova/instances/locks/nova-' + 'a' * 40, False, None)
@@ -299,7 +303,9 @@ def test_explanation_of_a_file_in_use():
                                       pid=99)
     lines = render.explanation(
         decision, evaluation(usage), NO_LOCK, image_lock,
-        ledger.LedgerEntry('a' * 40, last_seen_in_use=NOW))
+        ledger.LedgerEntry('a' * 40, last_seen_in_use=NOW,
+                           first_seen_in_use=NOW - 3 * DAY, uses=4,
+                           comebacks=1))
     assert lines == [
         'path:     %s' % ROOT,
         'kind:     original (file, 2.0 MiB, 1.0 MiB allocated)',
@@ -316,6 +322,9 @@ def test_explanation_of_a_file_in_use():
                                       image_lock.meaning()),
         'first seen unused: never seen',
         'last seen in use:  2027-01-15T08:00:00+00:00',
+        'first seen in use: 2027-01-12T08:00:00+00:00',
+        'uses:     4 (instances passes saw starting to use it), '
+        'comebacks: 1',
     ]
 
 
@@ -343,6 +352,9 @@ def test_explanation_of_a_removable_file_held_back_by_doubts():
         'QEMU lock probe: cannot probe: Permission denied',
         'first seen unused: never seen',
         'last seen in use:  never seen',
+        'first seen in use: never seen',
+        'uses:     0 (instances passes saw starting to use it), '
+        'comebacks: 0',
     ]
 
 
@@ -354,7 +366,7 @@ def test_explanation_of_the_locks(lock, qemu_lock, lock_text, qemu_text):
     decision = facts.Decision(base_file(), facts.TOO_YOUNG, 'unused', HOUR)
     lines = render.explanation(decision, evaluation(), lock, qemu_lock,
                                None)
-    assert lines[-4:-2] == ['lock:     %s (%s)' % (lock[0], lock_text),
+    assert lines[-6:-4] == ['lock:     %s (%s)' % (lock[0], lock_text),
                             'QEMU lock probe: %s' % qemu_text]
 
 
@@ -365,6 +377,63 @@ def test_explanation_of_a_foreign_entry_has_no_minimum_age():
     lines = render.explanation(decision, evaluation(), NO_LOCK, None, None)
     assert not any(line.startswith('minimum age') for line in lines)
     assert 'QEMU lock probe: not probed (symlink)' in lines
+
+
+def _budgeted(limits, *files):
+    """(decisions by name, Outcome) of unused ``files`` (name, age, MiB)."""
+    base_files = [facts.BaseFile(name, CACHE + '/' + name, facts.ORIGINAL,
+                                 'file', mib * MiB, mib * MiB, NOW - age, 1,
+                                 n)
+                  for n, (name, age, mib) in enumerate(files)]
+    usage = facts.Usage()
+    usage.add_reference(facts.Reference('used', '/i/uuid/disk'))
+    decisions, outcome = budget.apply(
+        plan.plan(base_files, usage, POLICY, NOW), usage, {}, limits, None,
+        [], NOW)
+    return {d.base_file.name: d for d in decisions}, outcome
+
+
+def _eviction_line(decision, outcome, usage=None):
+    lines = render.explanation(decision, evaluation(usage, outcome), NO_LOCK,
+                               None, None)
+    return lines[-1]
+
+
+def test_explanation_says_why_a_file_was_evicted_or_spared():
+    limits = budget.Limits(max_cache_bytes=3 * MiB, eviction_min_age=600,
+                           eviction_policy=eviction.COST)
+    decisions, outcome = _budgeted(limits, ('old', 5 * HOUR, 2),
+                                   ('new', HOUR, 2))
+    place = ' of 2 to go under eviction_policy = cost (lowest expected ' \
+        'cost first): '
+    assert _eviction_line(decisions['old'], outcome) == (
+        'eviction: evicted, 1' + place + 'last used 5h ago, 0 uses, 0 '
+        'comebacks, 2.0 MiB to download again: credit 129d')
+    assert _eviction_line(decisions['new'], outcome) == (
+        'eviction: spared, 2' + place + 'evicting the 1 before it was '
+        'enough: last used 1h ago, 0 uses, 0 comebacks, 2.0 MiB to '
+        'download again: credit 129d')
+
+
+def test_explanation_says_where_a_file_stands_within_the_budget():
+    limits = budget.Limits(max_cache_bytes=10 * MiB, eviction_min_age=600)
+    decisions, outcome = _budgeted(limits, ('old', 5 * HOUR, 2),
+                                   ('recent', 60, 2), ('aged', 2 * DAY, 2))
+    assert _eviction_line(decisions['old'], outcome) == (
+        'eviction: none needed, the cache is within its budget; 1 of 1 to '
+        'go under eviction_policy = lru (least recently used first): last '
+        'used 5h ago')
+    assert _eviction_line(decisions['recent'], outcome) == (
+        'eviction: not yet, used within eviction_minimum_age_seconds (10m)')
+    assert _eviction_line(decisions['aged'], outcome) == (
+        'eviction: not needed, it goes by age')
+    in_use = facts.Decision(base_file('used'), facts.IN_USE, 'used', DAY)
+    assert _eviction_line(in_use, outcome) == (
+        'eviction: never, a file in_use is not evicted')
+    usage = facts.Usage()
+    usage.add_doubt(facts.Doubt('/i/uuid/disk', 'I/O error'))
+    assert _eviction_line(decisions['recent'], outcome, usage) == (
+        'eviction: not while disks that could use it are unread')
 
 
 def test_download_progress():
