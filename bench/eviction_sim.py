@@ -318,6 +318,8 @@ class _File:
 
 @dataclasses.dataclass
 class Result:
+    """What one policy did on one trace (the module says what each is)."""
+
     trace: str
     policy: str
     misses: int = 0

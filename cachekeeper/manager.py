@@ -368,8 +368,8 @@ class CacheManager:
     def _record_usage(self, evaluation, outcome):
         """Remember when each file was last in use and first unused.
 
-        And how many instances use it: an instance is known by the
-        directory of its disks.
+        And how many instances use it, each known by the directory of the
+        disks or metadata that name the file.
         """
         users = {}
         for f in outcome.files:

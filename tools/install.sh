@@ -28,9 +28,10 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# doc/requirements.txt too: the docs and release notes are built by a test.
+# doc/requirements.txt and bench/requirements.txt too: tests build the docs
+# and the release notes, and run the benchmarks' scripts.
 .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt \
-    -r doc/requirements.txt -e .
+    -r doc/requirements.txt -r bench/requirements.txt -e .
 
 # The integration tests run a real glance-api, from a virtualenv of its own:
 # glance brings many dependencies that cachekeeper must not depend on.

@@ -233,7 +233,6 @@ def apply(decisions, usage, history, limits, filesystem, waiting, now,
                if d.base_file.is_regular]
     cache_bytes = sum(d.base_file.allocated for _, d in regular)
     size_excess, filesystem_excess = excess(limits, cache_bytes, filesystem)
-    index_of = {d.base_file.name: index for index, d in regular}
 
     def ranked(candidates):
         return order([(d.base_file, _history(d, history))
@@ -247,6 +246,7 @@ def apply(decisions, usage, history, limits, filesystem, waiting, now,
     if not outcome.over:
         return list(decisions), outcome
     over = outcome.over_text()
+    index_of = {d.base_file.name: index for index, d in regular}
     freed = _Freed(size_excess, filesystem_excess)
     removable = []
     for index, d in regular:

@@ -178,12 +178,13 @@ download of its size the next time an instance needs it, and images differ by
 orders of magnitude in size and in how often they are needed again: ``cost``
 keeps the files that would cost the most to download again, ``lru`` only the
 most recently used ones. The uses and comebacks ``cost`` counts are kept in
-the state database; ``cachekeeper-manage cache explain`` shows them, and
-where a file stands in the order.
+the state database (comebacks while ``thrash_window_seconds`` is not 0);
+``cachekeeper-manage cache explain`` shows them, and where a file stands in
+the order.
 
 The default is ``cost``: replaying traces of spawns through both
 (``bench/eviction_sim.py``), it downloaded 8 to 11% fewer bytes again than
-``lru``, and 14 to 16% fewer spawns had to wait for a download, with no trace
+``lru``, and 13 to 16% fewer spawns had to wait for a download, with no trace
 where it did worse.
 """),
     cfg.IntOpt('residue_minimum_age_seconds',

@@ -121,7 +121,7 @@ def test_a_bad_trace_is_refused(tmp_path, line, error):
 
 
 def test_the_plot(tmp_path):
-    pytest.importorskip('matplotlib')
+    # matplotlib is a bench requirement, which tools/install.sh installs.
     picture = tmp_path / 'daily.png'
     simulate('--traces', 'daily', '--plot', str(picture), *SMALL)
     assert picture.read_bytes().startswith(b'\x89PNG')
