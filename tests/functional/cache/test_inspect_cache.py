@@ -265,7 +265,8 @@ def test_migration_adds_detections_to_an_old_database(tmp_path, disk,
         old.close()
     state_db = db.open_state(str(state))
     try:
-        assert state_db.query('PRAGMA user_version')[0][0] == len(db.MIGRATIONS)
+        version = state_db.query('PRAGMA user_version')[0][0]
+        assert version == len(db.MIGRATIONS)
         kept = inspector(state_db, inspect_cache.QEMU_IMG)
         assert kept.inspect(str(disk), 'qcow2').backing_file == FOUND[0]
         assert detected(kept, disk) == ['qcow2']
