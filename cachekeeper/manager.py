@@ -50,6 +50,7 @@ from cachekeeper.cache import scan
 from cachekeeper.conf import paths
 from cachekeeper import coordination
 from cachekeeper.glance import catalog as glance_catalog
+from cachekeeper import pins
 from cachekeeper import progress as pass_progress
 from cachekeeper import report
 from cachekeeper.scrub import entries as scrub_entries
@@ -77,6 +78,20 @@ class Evaluation:
     budget_outcome: budget.Outcome = None
     # The files found unused that this host may not remove this pass.
     held: tuple = ()
+
+
+@dataclasses.dataclass
+class Eviction:
+    """What cachekeeper-manage cache evict did.
+
+    ``files`` are the FileReports of the files it tried to queue (QUEUED
+    when they were, or would be in a dry run); ``refused`` maps the names
+    it would not queue to why.
+    """
+
+    files: list = dataclasses.field(default_factory=list)
+    refused: dict = dataclasses.field(default_factory=dict)
+    errors: list = dataclasses.field(default_factory=list)
 
 
 class CacheManager:
@@ -123,7 +138,8 @@ class CacheManager:
         storage = registry.read(self.conf.instances_path, create_lock=False)
         for doubt in storage.doubts():
             usage.add_doubt(doubt)
-        policy = plan.policy_from_conf(self.conf)
+        policy = dataclasses.replace(plan.policy_from_conf(self.conf),
+                                     pins=tuple(self._pins(usage)))
         self.progress.step('catalog')
         catalog = self.images.catalog(b.name for b in base_files)
         self.progress.step('plan')
@@ -132,6 +148,25 @@ class CacheManager:
         decisions, outcome = self._apply_budget(decisions, usage, now)
         return Evaluation(base_files, usage, decisions, instance_inventory,
                           policy, catalog, outcome)
+
+    def _pins(self, usage):
+        """The operator's pins; pins that cannot be read are a doubt.
+
+        A pin only ever keeps a file: while some cannot be read, nothing
+        is removed.
+        """
+        try:
+            return pins.read(self.conf, self.scrub_queue.state_db,
+                             time.time())
+        except pins.PinsError as e:
+            source = pins.pins_path(self.conf.instances_path)
+            message = str(e)
+        except db.StateError as e:
+            source, message = self.scrub_queue.state_db.path, str(e)
+        usage.add_doubt(facts.Doubt(
+            source=source, message='%s; the pins on cache files are unknown'
+                                   % message))
+        return []
 
     def _apply_budget(self, decisions, usage, now):
         """Evict what the disk-space budget asks for (see budget)."""
@@ -178,23 +213,40 @@ class CacheManager:
         return domains.orphans(self._inventory().instance_directories(),
                                source.domains())
 
-    def run_pass(self, dry_run=False, stop_event=None):
+    def run_pass(self, dry_run=False, stop_event=None,
+                 trigger=report.TRIGGER_COMMAND):
         """Run one pass; return its report.PassReport.
 
         A pass evaluates (scan, inventory, plan), executes (touches the
         files in use, queues the unused ones for removal) and keeps the
         books: the scrub queue, the ledger, the totals, the report file,
         the metrics. A dry run evaluates, executes dry and reports: it
-        keeps no books. ``stop_event`` ends a pass between two files.
+        keeps no books. ``stop_event`` ends a pass between two files;
+        ``trigger`` (report.TRIGGER_*) is what started it, for its report.
         """
         with _cyclic_gc_paused():
             if dry_run:
-                return self._dry_run(stop_event)
-            return self._pass(stop_event)
+                return self._dry_run(stop_event, trigger)
+            return self._pass(stop_event, trigger)
 
-    def _pass(self, stop_event):
+    def pressure(self):
+        """Check the budget between passes; return (Outcome, new files).
+
+        Cheap enough for every few seconds: the filesystem's usage, and
+        the cache as the last pass's scan found it plus the files that
+        appeared since (scan.size_since), nothing inspected. The
+        budget.Outcome says what is over; the number is of the regular
+        files the last pass has not seen.
+        """
+        size = scan.size_since(paths.cache_dir(self.conf), self._last_scan)
+        outcome = budget.measure(budget.Limits.from_conf(self.conf),
+                                 size.allocated, size.files,
+                                 self._filesystem())
+        return outcome, size.new_files
+
+    def _pass(self, stop_event, trigger):
         """evaluate -> execute -> bookkeeping."""
-        run = self._begin(dry_run=False)
+        run = self._begin(dry_run=False, trigger=trigger)
         self._best_effort('Cannot look for files in quarantine without a '
                           'scrub queue entry',
                           self.scrub_queue.adopt_orphans, time.time())
@@ -221,7 +273,9 @@ class CacheManager:
             # Never raises: the catalog tells Glance's problems itself.
             self.images.precache_pinned(
                 {b.name for b in evaluation.base_files}, stop_event,
-                self.progress)
+                self.progress, operator_pinned=[
+                    pin.image_id for pin in evaluation.policy.pins
+                    if pin.image_id])
         # Not bookkeeping: a file the queue cannot delete stays on disk, an
         # error of the pass.
         self._drain(run, stop_event)
@@ -242,9 +296,9 @@ class CacheManager:
                               self._write_metrics, run.result, after)
         return self._end(run)
 
-    def _dry_run(self, stop_event):
+    def _dry_run(self, stop_event, trigger):
         """evaluate -> execute (dry) -> report: no bookkeeping."""
-        run = self._begin(dry_run=True)
+        run = self._begin(dry_run=True, trigger=trigger)
         evaluation = self._evaluate(run)
         if evaluation is None:
             after = self._scan_after()
@@ -255,9 +309,9 @@ class CacheManager:
         self._summarise(run, evaluation, after)
         return self._end(run)
 
-    def _begin(self, dry_run):
+    def _begin(self, dry_run, trigger):
         """Start a pass with the leftovers of cachekeeper's own writes."""
-        run = _Run(dry_run)
+        run = _Run(dry_run, trigger)
         self._state_problems = {}
         self.progress.step('leftovers')
         leftovers = residue.remove(
@@ -316,7 +370,7 @@ class CacheManager:
             result.cache = status.cache_usage(after)
         if evaluation is not None and evaluation.budget_outcome is not None:
             result.budget = self._budget_report(
-                evaluation, result, run.dry_run)
+                evaluation, result, after, run.dry_run)
             run.warnings.update(
                 self._budget_warnings(evaluation.budget_outcome))
         result.duration_s = time.monotonic() - run.started
@@ -389,6 +443,8 @@ class CacheManager:
             self.scrub_queue.state_db, users,
             [os.path.basename(p) for p in unused], time.time(),
             present_names=[b.name for b in evaluation.base_files])
+        ledger.record_images(self.scrub_queue.state_db, image_ids(
+            evaluation.usage))
 
     def _drain(self, run, stop_event):
         """Drain the scrub queue into the report (see drain)."""
@@ -414,8 +470,13 @@ class CacheManager:
             # The pass has reported the unreadable cache already.
             return None
 
-    def _budget_report(self, evaluation, result, dry_run):
-        """The budget part of the pass report (see report.PassReport)."""
+    def _budget_report(self, evaluation, result, base_files_after,
+                       dry_run):
+        """The budget part of the pass report (see report.PassReport).
+
+        ``base_files_after`` are the cache's base files after the pass,
+        None when unknown.
+        """
         outcome = evaluation.budget_outcome
         limits = outcome.limits
         gone = {os.path.basename(f.path) for f in result.files
@@ -426,16 +487,22 @@ class CacheManager:
         after = None if dry_run else self._filesystem()
         cache_after = (result.cache['allocated_bytes'] if result.cache
                        else outcome.cache_bytes)
-        within = (budget.excess(limits, cache_after, after) == (0, 0) and
-                  not dry_run)
+        files_after = (outcome.files if base_files_after is None else
+                       sum(b.is_regular for b in base_files_after))
+        within = (not budget.measure(limits, cache_after, files_after,
+                                     after).over and not dry_run)
         return {
             'max_cache_bytes': limits.max_cache_bytes,
+            'max_cache_files': limits.max_cache_files,
             'high_watermark_percent': limits.high_percent,
             'low_watermark_percent': limits.low_percent,
             'over_size': outcome.over_size,
+            'over_files': outcome.over_files,
             'over_watermark': outcome.over_watermark,
             'cache_bytes_before': outcome.cache_bytes,
             'cache_bytes_after': cache_after,
+            'cache_files_before': outcome.files,
+            'cache_files_after': files_after,
             'filesystem_percent_before': (
                 None if before is None else round(before.percent, 1)),
             'filesystem_percent_after': (
@@ -498,6 +565,60 @@ class CacheManager:
                                                      hold))
         return hold
 
+    def evict(self, names, reason, dry_run=False):
+        """Queue the cache files ``names`` for removal now; an Eviction.
+
+        Through the steps of a pass: evaluate, then the executor, under
+        nova's lock and after its re-check, into the scrub queue (where
+        the file can be restored until it is drained). Only the minimum
+        age is waived: a file in use, pinned, that something unreadable
+        could use, or that is no image cache file is refused, and so is
+        every file when this host may not remove now.
+        """
+        evaluation = self.evaluate()
+        wanted = set(names)
+        eviction = Eviction()
+        found = {d.base_file.name: d for d in evaluation.decisions
+                 if d.base_file.name in wanted}
+        eviction.refused.update((name, 'not in the image cache')
+                                for name in wanted - set(found))
+        text = 'evicted by cachekeeper-manage cache evict' + (
+            ': %s' % reason if reason else '')
+        chosen = []
+        for name, decision in sorted(found.items()):
+            refusal = _eviction_refusal(decision, evaluation.usage)
+            if refusal is None:
+                chosen.append(dataclasses.replace(
+                    decision, verdict=facts.REMOVABLE, min_age=0,
+                    reason=text))
+            else:
+                eviction.refused[name] = refusal
+        hold, removal_hold = (None, None) if dry_run or not chosen else (
+            self._eviction_hold())
+        if hold is not None:
+            eviction.refused.update((d.base_file.name, 'not removed: %s'
+                                     % hold) for d in chosen)
+            return eviction
+        outcome = execute.execute(
+            chosen, evaluation.inventory, self.conf.instances_path,
+            evaluation.policy, quarantine_into(self.scrub_queue),
+            dry_run=dry_run, removal_hold=removal_hold)
+        eviction.files, eviction.errors = outcome.files, outcome.errors
+        return eviction
+
+    def _eviction_hold(self):
+        """(why this host may not evict now or None, what to ask again
+        inside nova's lock).
+        """
+        leader = coordination.read_leader(self.conf.instances_path,
+                                          paths.cache_dir(self.conf))
+        if leader is not None and leader.host == self.conf.host:
+            # This host's daemon leads: it drains the queue the files go
+            # into.
+            return None, None
+        storage = registry.read(self.conf.instances_path, create_lock=False)
+        return self._pass_hold(storage, {}), self.removal_hold
+
     def drain(self, ignore_delay=False, stop_event=None):
         """Delete the quarantined files that are due; a DrainResult.
 
@@ -551,9 +672,9 @@ class CacheManager:
 class _Run:
     """A pass under way: its report, and what the end of the pass needs."""
 
-    def __init__(self, dry_run):
+    def __init__(self, dry_run, trigger):
         self.started = time.monotonic()
-        self.result = report.PassReport(dry_run=dry_run,
+        self.result = report.PassReport(dry_run=dry_run, trigger=trigger,
                                         started_at=time.time())
         # What the pass deleted itself (download residue, its own
         # leftovers), reclaimed on top of what draining the queue frees.
@@ -575,6 +696,27 @@ def file_history(state_db):
                 entry.last_seen_in_use, entry.first_seen_in_use, entry.uses,
                 entry.comebacks)
             for name, entry in ledger.entries(state_db).items()}
+
+
+def image_ids(usage):
+    """{cache file name: Glance image id} as nova's metadata names them."""
+    return {reference.name: reference.image_id
+            for references in usage.references.values()
+            for reference in references if reference.image_id}
+
+
+def _eviction_refusal(decision, usage):
+    """Why cache evict may not queue the file of ``decision``, or None."""
+    base_file = decision.base_file
+    if decision.verdict in (facts.IN_USE, facts.PINNED, facts.IGNORED):
+        return '%s: %s' % (decision.verdict.replace('_', ' '),
+                           decision.reason)
+    if base_file.kind == facts.RESIDUE:
+        return 'download residue, not an image: passes remove it'
+    doubts = usage.doubts_about(base_file.name)
+    if doubts:
+        return plan.doubts_reason(doubts)
+    return None
 
 
 def quarantine_into(scrub_queue):

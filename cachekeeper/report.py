@@ -21,10 +21,22 @@ from cachekeeper.cache import facts
 from cachekeeper import fmt
 from cachekeeper import smallfile
 
+# The version of every JSON document cachekeeper prints or writes (the
+# pass report, cache status, cache list, cache pins, scrub list), in its
+# key schema_version: raised when a key is renamed, removed or changes its
+# meaning; new keys may come without it.
+SCHEMA_VERSION = 1
+
 REPORT_FILE = 'last_pass.json'
 # The report is written under a temporary name starting with this (see
 # smallfile.replace_json); a pass removes one a dead process left.
 TEMPORARY_PREFIX = '.' + REPORT_FILE
+
+# What started a pass: the daemon's manager_interval, its pressure check
+# (the cache over its budget between passes), or cachekeeper-manage.
+TRIGGER_INTERVAL = 'interval'
+TRIGGER_PRESSURE = 'pressure'
+TRIGGER_COMMAND = 'command'
 
 
 @dataclasses.dataclass
@@ -43,7 +55,10 @@ class PassReport:
     usage before and after the pass (cache_bytes_before, ..._after,
     filesystem_percent_before, ..._after, None when unknown), what was
     done (evicted_files, evicted_bytes, expedited_entries: queued files
-    deleted early) and whether the cache is ``within`` its budget after.
+    deleted early) and whether the cache is ``within`` its budget after;
+    for ``max_cache_files`` too: max_cache_files, over_files,
+    cache_files_before and ..._after. ``trigger`` is what started the
+    pass (TRIGGER_*).
     """
 
     files: list = dataclasses.field(default_factory=list)
@@ -59,6 +74,7 @@ class PassReport:
     cache: dict = None
     budget: dict = None
     comebacks: int = 0
+    trigger: str = TRIGGER_COMMAND
 
     def add_error(self, path, message):
         self.errors.append({'path': path, 'message': message})
@@ -81,6 +97,7 @@ class PassReport:
 
     def to_dict(self):
         return {
+            'schema_version': SCHEMA_VERSION,
             # facts.FileReport's fields are plain values: no deep copy
             # needed.
             'files': [f.to_dict() for f in self.files],
@@ -96,6 +113,7 @@ class PassReport:
             'cache': self.cache,
             'budget': self.budget,
             'comebacks': self.comebacks,
+            'trigger': self.trigger,
         }
 
     def to_json(self):
@@ -104,11 +122,16 @@ class PassReport:
     def summary_line(self):
         """The one INFO line a pass logs (and ``cache pass`` ends with)."""
         counts = ' '.join('%s=%d' % item for item in self.summary.items())
-        return ('%sPass %s in %.2fs: %d files (%s); %s queued for removal, '
+        return ('%sPass %s in %.2fs%s: %d files (%s); %s queued for removal, '
                 '%s reclaimed on disk; %d parked; %d errors' % (
                     'Dry-run ' if self.dry_run else '',
                     'interrupted' if self.interrupted else 'done',
-                    self.duration_s, len(self.files), counts,
+                    self.duration_s,
+                    # Only the pressure check's passes come at their own
+                    # times: the others' times say what started them.
+                    (', trigger=%s' % self.trigger
+                     if self.trigger == TRIGGER_PRESSURE else ''),
+                    len(self.files), counts,
                     fmt.mib(self.bytes_queued),
                     fmt.mib(self.bytes_reclaimed), self.parked,
                     len(self.errors))) + self._budget_text()
@@ -116,13 +139,17 @@ class PassReport:
     def _budget_text(self):
         budget = self.budget
         if not budget or not (budget['over_size'] or
-                              budget['over_watermark']):
+                              budget['over_watermark'] or
+                              budget['over_files']):
             return ''
         over = []
         if budget['over_size']:
             over.append('cache %s > %s max' % (
                 fmt.mib(budget['cache_bytes_before']),
                 fmt.mib(budget['max_cache_bytes'])))
+        if budget['over_files']:
+            over.append('cache %d files > %d max' % (
+                budget['cache_files_before'], budget['max_cache_files']))
         if budget['over_watermark']:
             over.append('filesystem %.1f%% > %d%% high watermark' % (
                 budget['filesystem_percent_before'],
@@ -136,6 +163,8 @@ class PassReport:
         if self.dry_run:
             return text
         now = ['cache %s' % fmt.mib(budget['cache_bytes_after'])]
+        if budget['over_files']:
+            now.append('%d files' % budget['cache_files_after'])
         if budget['filesystem_percent_after'] is not None:
             now.append('filesystem %.1f%%'
                        % budget['filesystem_percent_after'])

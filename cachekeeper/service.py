@@ -12,8 +12,12 @@
 
 """The daemon's oslo.service Service: one cache pass every interval.
 
-It notifies systemd's watchdog while passes make progress, and its Guru
-Meditation Reports say where the running pass is.
+Between passes it drains the scrub queue, and checks every
+``pressure_check_interval`` whether the cache is over its budget: if it is,
+a pass runs at once (trigger=pressure). One thread runs the passes, the
+drains and the checks, one after the other, so that two passes never run
+at once. It notifies systemd's watchdog while passes make progress, and its
+Guru Meditation Reports say where the running pass is.
 """
 
 import dataclasses
@@ -28,6 +32,7 @@ from oslo_reports.models import with_default_views
 from oslo_service import service
 from oslo_utils import units
 
+from cachekeeper.cache import pressure
 import cachekeeper.conf
 from cachekeeper.conf import paths
 from cachekeeper import coordination
@@ -35,6 +40,7 @@ from cachekeeper import fmt
 from cachekeeper import manager
 from cachekeeper import printable
 from cachekeeper import progress
+from cachekeeper import report
 from cachekeeper.scrub import queue
 from cachekeeper import version
 
@@ -118,6 +124,25 @@ def pass_interval():
     return interval or DEFAULT_INTERVAL
 
 
+def pressure_check_interval():
+    """Seconds between two budget checks, or None when there are none.
+
+    No check runs while passes are disabled: a check only starts a pass.
+    """
+    interval = CONF.image_cache.pressure_check_interval
+    if interval <= 0 or pass_interval() is None:
+        return None
+    return interval
+
+
+def _usage_text(outcome):
+    text = 'cache %s in %d files' % (fmt.size(outcome.cache_bytes),
+                                     outcome.files)
+    if outcome.filesystem is not None:
+        text += ', filesystem %.1f%% used' % outcome.filesystem.percent
+    return text
+
+
 class CacheKeeperService(service.Service):
 
     def __init__(self, notifier):
@@ -133,6 +158,10 @@ class CacheKeeperService(service.Service):
         self._coordinator = None
         self._first_pass_at = None
         self._last_drain = None
+        self._last_pressure_check = None
+        # The budget.Outcome of the check that found the cache over its
+        # budget, until one finds it within: said once each way.
+        self._pressure = None
         self._reloaded = False
         # Where the running pass is (a progress.PassProgress), and the
         # summary of the last one: for the watchdog and the reports.
@@ -156,6 +185,8 @@ class CacheKeeperService(service.Service):
                                              progress=self._progress)
         self._first_pass_at = time.monotonic() + FIRST_PASS_DELAY
         self._last_drain = time.monotonic()
+        # None before the first pass, which applies the budget anyway.
+        self._last_pressure_check = self._first_pass_at
         CONF.register_mutate_hook(self._config_changed)
         self.tg.add_thread(self._run)
         self._watch_report_trigger()
@@ -230,8 +261,14 @@ class CacheKeeperService(service.Service):
             LOG.info('%s: passes are disabled '
                      '([image_cache] manager_interval = %s)',
                      what, _seconds(CONF.image_cache.manager_interval))
+        elif pressure_check_interval() is None:
+            LOG.info('%s: a pass every %s s; no budget checks between '
+                     'passes ([image_cache] pressure_check_interval = 0)',
+                     what, _seconds(interval))
         else:
-            LOG.info('%s: a pass every %s s', what, _seconds(interval))
+            LOG.info('%s: a pass every %s s; the budget checked every %s s '
+                     'between passes', what, _seconds(interval),
+                     _seconds(pressure_check_interval()))
 
     def _watchdog(self):
         """Notify systemd's watchdog, unless the loop ended or a pass is
@@ -311,10 +348,18 @@ class CacheKeeperService(service.Service):
         now = time.monotonic()
         if self._pass_is_due(last_pass, now):
             last_pass = self._last_drain = now
-            self._run_pass()
+            self._run_pass(report.TRIGGER_INTERVAL)
         elif now >= self._last_drain + CONF.scrubber.drain_interval:
             self._last_drain = now
             self._drain()
+        elif self._pressure_check_is_due(now):
+            self._last_pressure_check = now
+            if self._under_pressure():
+                # A whole pass, as at its interval, which it restarts: the
+                # pass re-checks each file inside nova's lock and drains
+                # what it evicts.
+                last_pass = self._last_drain = now
+                self._run_pass(report.TRIGGER_PRESSURE)
         else:
             self._wakeup.wait(self._sleep_time(last_pass, now))
             self._wakeup.clear()
@@ -333,13 +378,41 @@ class CacheKeeperService(service.Service):
             return self._first_pass_at
         return last_pass + interval
 
+    def _pressure_check_is_due(self, now):
+        interval = pressure_check_interval()
+        return (interval is not None and
+                now >= self._last_pressure_check + interval)
+
     def _sleep_time(self, last_pass, now):
         """How long the loop may sleep before it has something to do."""
         due = [self._last_drain + CONF.scrubber.drain_interval]
         next_pass = self._next_pass_at(last_pass)
         if next_pass is not None:
             due.append(next_pass)
+        check_interval = pressure_check_interval()
+        if check_interval is not None:
+            due.append(self._last_pressure_check + check_interval)
         return max(0, min(MAX_SLEEP, min(due) - now))
+
+    def _under_pressure(self):
+        """Check the budget between passes; whether a pass must run now."""
+        try:
+            outcome, new_files = self._manager.pressure()
+        except OSError as e:
+            # The passes report a cache that cannot be listed.
+            LOG.debug('Cannot check the image cache against its budget: '
+                      '%s', e)
+            return False
+        before = self._pressure
+        run_pass, self._pressure = pressure.decide(before, outcome,
+                                                   new_files)
+        if before is None and self._pressure is not None:
+            LOG.info('The image cache is over its budget between passes '
+                     '(%s): a pass evicts now', outcome.over_text())
+        elif before is not None and self._pressure is None:
+            LOG.info('The image cache is within its budget again: %s',
+                     _usage_text(outcome))
+        return run_pass
 
     def _drain(self):
         """Drain the scrub queue between passes (a pass drains it too)."""
@@ -354,9 +427,10 @@ class CacheKeeperService(service.Service):
         for error in result.errors:
             LOG.warning('%s', error['message'])
 
-    def _run_pass(self):
+    def _run_pass(self, trigger):
         try:
-            result = self._manager.run_pass(stop_event=self._stopping)
+            result = self._manager.run_pass(stop_event=self._stopping,
+                                            trigger=trigger)
         except Exception:
             # A failed pass must never end the loop: the next one may work.
             LOG.exception('Cache pass failed')
@@ -366,6 +440,9 @@ class CacheKeeperService(service.Service):
             return
         finally:
             self._progress.end()
+            # The pass has just applied the budget: the next check is due
+            # an interval after its end.
+            self._last_pressure_check = time.monotonic()
         line = result.summary_line()
         self._last_pass = '%s (ended %s)' % (line, fmt.utc(time.time()))
         LOG.info('%s', line)

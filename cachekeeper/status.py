@@ -27,12 +27,22 @@ from cachekeeper.cache import facts
 from cachekeeper.cache import scan
 from cachekeeper import coordination
 from cachekeeper import fmt
+from cachekeeper import pins
 from cachekeeper import report
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.state import totals
 
 # A last pass older than this many intervals means passes stopped.
 OVERDUE_INTERVALS = 2
+# ... and older than this many, for a monitoring probe, that the cache is
+# no longer looked after (cache status --check).
+CRITICAL_INTERVALS = 3
+
+# The exit statuses of cache status --check, as monitoring plugins use
+# them (Nagios, Sensu, Icinga).
+CHECK_OK = 0
+CHECK_WARNING = 1
+CHECK_CRITICAL = 2
 
 
 def cache_usage(base_files):
@@ -96,6 +106,7 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
                                    scrub_entries.PARKED))
     running = scrub_queue.totals()
     document = {
+        'schema_version': report.SCHEMA_VERSION,
         'cache': cache,
         'filesystem': _filesystem(filesystem, limits, cache_dir),
         'last_pass': _last_pass(last_pass),
@@ -118,6 +129,14 @@ def collect(conf, scrub_queue, last_pass=None, base_files=None, now=None):
     document['coordination'] = coordination.status(conf, cache_dir, now)
     document['warnings'] = _warnings(document, limits, filesystem, conf,
                                      now)
+    try:
+        document['pins'] = [pin.to_dict() for pin in
+                            pins.read(conf, scrub_queue.state_db, now)]
+    except pins.PinsError as e:
+        document['pins'] = None
+        document['warnings'].append(
+            'cannot read the shared pins %s: %s; no removal until they can '
+            'be read' % (pins.pins_path(conf.instances_path), e))
     document['warnings'].extend(coordination.status_warnings(
         document['coordination']))
     return document
@@ -201,15 +220,20 @@ def _warnings(document, limits, filesystem, conf, now):
         warnings.append('%d files removed by passes came back within '
                         '[image_cache] thrash_window_seconds in the last '
                         'pass: see the log' % last_pass['comebacks'])
-    finished = last_pass['finished_at']
-    if (finished is not None and interval > 0 and
-            now - finished > OVERDUE_INTERVALS * interval):
-        warnings.append('the last pass finished %s ago, more than %d '
-                        'intervals of %s: is the daemon running?' % (
-                            fmt.duration(now - finished),
-                            OVERDUE_INTERVALS,
-                            fmt.duration(interval)))
+    overdue = _overdue(last_pass, interval, now, OVERDUE_INTERVALS)
+    if overdue:
+        warnings.append(overdue + ': is the daemon running?')
     return warnings
+
+
+def _overdue(last_pass, interval, now, intervals):
+    """Say that the last pass is older than ``intervals``, or None."""
+    finished = last_pass['finished_at']
+    if (finished is None or interval <= 0 or
+            now - finished <= intervals * interval):
+        return None
+    return 'the last pass finished %s ago, more than %d intervals of %s' % (
+        fmt.duration(now - finished), intervals, fmt.duration(interval))
 
 
 def orphans_document(found=None, error=None):
@@ -265,3 +289,30 @@ def nova_warning(nova):
     return ("nova's own image cache manager also runs, every %d s (%s): set "
             "[image_cache] manager_interval = -1 in nova.conf so that only "
             "cachekeeper ages the cache" % (nova['manager_interval'], where))
+
+
+def check(document, interval, now):
+    """(CHECK_* status, its reasons) of a status document, for a probe.
+
+    Critical: no pass report, a last pass that finished with errors or
+    was interrupted, or one older than CRITICAL_INTERVALS of
+    ``interval`` (cachekeeper's manager_interval); a warning: any other
+    warning of the document (nova's own manager runs, the registry cannot
+    be read, parked entries, thrash...). The reasons are lines of text.
+    """
+    last_pass = document['last_pass']
+    critical = []
+    if last_pass is None:
+        critical.append('no pass report yet')
+    else:
+        if last_pass['result'] != report.RESULT_DONE:
+            critical.append('the last pass %s (%d errors)' % (
+                last_pass['result'], last_pass['errors']))
+        overdue = _overdue(last_pass, interval, now, CRITICAL_INTERVALS)
+        if overdue:
+            critical.append(overdue)
+    if critical:
+        return CHECK_CRITICAL, critical
+    if document['warnings']:
+        return CHECK_WARNING, list(document['warnings'])
+    return CHECK_OK, []

@@ -17,7 +17,9 @@ files that are not old enough yet. The budget has two triggers, as
 kubelet's image garbage collection has: the space the cache's files
 allocate (``[image_cache] max_cache_size_mb``), and the usage of the
 filesystem that holds the cache (over ``disk_high_watermark_percent``, free
-down to ``disk_low_watermark_percent``).
+down to ``disk_low_watermark_percent``). A cap on the number of files
+(``max_cache_files``, as cinder's ``image_volume_cache_max_count``) is the
+third.
 
 When a trigger fires, space comes first from what goes anyway: download
 residue and the files plan found removable (they leave the cache in this
@@ -61,7 +63,8 @@ HELD_KEPT = 'kept for other reasons'
 class Limits:
     """The budget, from the [image_cache] options.
 
-    ``max_cache_bytes`` 0 is no bound; ``high_percent`` 100 never fires.
+    ``max_cache_bytes`` and ``max_cache_files`` 0 are no bound;
+    ``high_percent`` 100 never fires.
     """
 
     max_cache_bytes: int = 0
@@ -69,6 +72,7 @@ class Limits:
     low_percent: int = 0
     eviction_min_age: int = 0
     eviction_policy: str = eviction.LRU
+    max_cache_files: int = 0
 
     @classmethod
     def from_conf(cls, conf):
@@ -77,7 +81,8 @@ class Limits:
                    high_percent=opts.disk_high_watermark_percent,
                    low_percent=opts.disk_low_watermark_percent,
                    eviction_min_age=opts.eviction_minimum_age_seconds,
-                   eviction_policy=opts.eviction_policy)
+                   eviction_policy=opts.eviction_policy,
+                   max_cache_files=opts.max_cache_files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +130,9 @@ class Outcome:
     names of the files evicted, in that order; ``expedited`` the scrub
     queue entries to delete now; ``shortfall`` the bytes still missing once
     everything that may go has gone; ``held`` the bytes that stay, by
-    HELD_* reason.
+    HELD_* reason. ``files`` is the number of the cache's regular files,
+    ``files_excess`` how many must go for max_cache_files, and
+    ``files_shortfall`` how many of them could not.
     """
 
     limits: Limits
@@ -139,10 +146,17 @@ class Outcome:
     expedited: tuple = ()
     shortfall: int = 0
     held: dict = dataclasses.field(default_factory=dict)
+    files: int = 0
+    files_excess: int = 0
+    files_shortfall: int = 0
 
     @property
     def over_size(self):
         return self.size_excess > 0
+
+    @property
+    def over_files(self):
+        return self.files_excess > 0
 
     @property
     def over_watermark(self):
@@ -150,7 +164,7 @@ class Outcome:
 
     @property
     def over(self):
-        return self.over_size or self.over_watermark
+        return self.over_size or self.over_watermark or self.over_files
 
     def over_text(self):
         """Say which limits the cache is over, with the numbers."""
@@ -159,6 +173,9 @@ class Outcome:
             parts.append('cache %s > %s max' % (
                 fmt.size(self.cache_bytes),
                 fmt.size(self.limits.max_cache_bytes)))
+        if self.over_files:
+            parts.append('cache %d files > %d max' % (
+                self.files, self.limits.max_cache_files))
         if self.over_watermark:
             parts.append('filesystem %.1f%% > %d%% high watermark' % (
                 self.filesystem.percent, self.limits.high_percent))
@@ -166,19 +183,25 @@ class Outcome:
 
     def shortfall_message(self):
         """The warning for a budget that cannot be met, or None."""
-        if not self.shortfall:
+        if not (self.shortfall or self.files_shortfall):
             return None
         held = ', '.join('%s %s' % (fmt.size(nbytes), reason)
                          for reason, nbytes in self.held.items() if nbytes)
         advice = []
         if self.over_size:
             advice.append('raise [image_cache] max_cache_size_mb')
+        if self.files_shortfall:
+            advice.append('raise [image_cache] max_cache_files')
         if self.over_watermark:
             advice.append('free space on the filesystem')
+        missing = ([fmt.size(self.shortfall)] if self.shortfall else []) + (
+            ['%d %s' % (self.files_shortfall,
+                        'file' if self.files_shortfall == 1 else 'files')]
+            if self.files_shortfall else [])
         return ('The image cache cannot get within its budget (%s): %s more '
                 'would have to go, but what is left is %s; files in use and '
                 'pinned files are never evicted: %s' % (
-                    self.over_text(), fmt.size(self.shortfall),
+                    self.over_text(), ' and '.join(missing),
                     held or 'nothing', ' or '.join(advice)))
 
 
@@ -195,14 +218,31 @@ def excess(limits, cache_bytes, filesystem):
     return size_excess, filesystem_excess
 
 
-class _Freed:
-    """Bytes freed so far, for each trigger."""
+def measure(limits, cache_bytes, files, filesystem):
+    """Return the Outcome of a cache before anything is ranked or evicted.
 
-    def __init__(self, size_excess, filesystem_excess):
+    What is over the budget, and by how much: what a pass starts from, and
+    all the pressure check between passes asks. ``files`` is the number
+    of the cache's regular files.
+    """
+    size_excess, filesystem_excess = excess(limits, cache_bytes, filesystem)
+    files_excess = 0
+    if limits.max_cache_files and files > limits.max_cache_files:
+        files_excess = files - limits.max_cache_files
+    return Outcome(limits, cache_bytes, filesystem, size_excess,
+                   filesystem_excess, files=files, files_excess=files_excess)
+
+
+class _Freed:
+    """Bytes (and files) freed so far, for each trigger."""
+
+    def __init__(self, size_excess, filesystem_excess, files_excess):
         self.size_excess = size_excess
         self.filesystem_excess = filesystem_excess
+        self.files_excess = files_excess
         self.size = 0
         self.filesystem = 0
+        self.files = 0
 
     @property
     def filesystem_done(self):
@@ -210,7 +250,8 @@ class _Freed:
 
     @property
     def done(self):
-        return self.size >= self.size_excess and self.filesystem_done
+        return (self.size >= self.size_excess and self.filesystem_done and
+                self.files >= self.files_excess)
 
     def shortfall(self):
         return max(self.size_excess - self.size,
@@ -232,7 +273,6 @@ def apply(decisions, usage, history, limits, filesystem, waiting, now,
     regular = [(index, d) for index, d in enumerate(decisions)
                if d.base_file.is_regular]
     cache_bytes = sum(d.base_file.allocated for _, d in regular)
-    size_excess, filesystem_excess = excess(limits, cache_bytes, filesystem)
 
     def ranked(candidates):
         return order([(d.base_file, _history(d, history))
@@ -241,18 +281,21 @@ def apply(decisions, usage, history, limits, filesystem, waiting, now,
 
     ranking = tuple(ranked(_candidates(regular, usage, history, limits,
                                        now)))
-    outcome = Outcome(limits, cache_bytes, filesystem, size_excess,
-                      filesystem_excess, ranking)
+    outcome = dataclasses.replace(
+        measure(limits, cache_bytes, len(regular), filesystem),
+        ranking=ranking)
     if not outcome.over:
         return list(decisions), outcome
     over = outcome.over_text()
     index_of = {d.base_file.name: index for index, d in regular}
-    freed = _Freed(size_excess, filesystem_excess)
+    freed = _Freed(outcome.size_excess, outcome.filesystem_excess,
+                   outcome.files_excess)
     removable = []
     for index, d in regular:
         if d.verdict != facts.REMOVABLE:
             continue
         freed.size += d.base_file.allocated
+        freed.files += 1
         if d.base_file.kind == facts.RESIDUE:
             # Deleted outright, not quarantined.
             freed.filesystem += d.base_file.allocated
@@ -289,12 +332,14 @@ def apply(decisions, usage, history, limits, filesystem, waiting, now,
         evicted.append(going.base_file)
         freed.size += going.base_file.allocated
         freed.filesystem += going.base_file.allocated
+        freed.files += 1
     evicted_names = {b.name for b in evicted}
     return result, dataclasses.replace(
         outcome,
         evicted=tuple(b.name for b in evicted),
         evicted_bytes=sum(b.allocated for b in evicted),
         expedited=tuple(expedited), shortfall=freed.shortfall(),
+        files_shortfall=max(freed.files_excess - freed.files, 0),
         held=_held([d for _, d in regular
                     if d.base_file.name not in evicted_names],
                    usage, history, limits, now))

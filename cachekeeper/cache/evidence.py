@@ -161,7 +161,8 @@ class Directory:
         if self._expanded[0] is not cache_names:
             self._expanded = (cache_names, [
                 facts.Reference(name=name, source=source,
-                                reason='%s in %s' % (reason, source))
+                                reason='%s in %s' % (reason, source),
+                                image_id=names.image_of(nova_metadata, name))
                 for nova_metadata, source in self.metadata
                 for name, reason in names.cache_names_for(nova_metadata,
                                                           cache_names)])

@@ -72,13 +72,15 @@ class Reference:
     ``source`` is the instance disk or libvirt.xml the evidence comes from,
     ``chain`` the backing chain from that disk down to the cache file (empty
     when the evidence is not a backing chain) and ``reason`` says how it was
-    found, for explain and the report.
+    found, for explain and the report. ``image_id`` is the Glance image
+    nova's metadata says the file caches, None when the evidence names none.
     """
 
     name: str
     source: str
     chain: tuple = ()
     reason: str = ''
+    image_id: str = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,9 +146,16 @@ class Policy:
     deleted_image_min_age: int = None
     # Unset, download residue is never removed.
     residue_min_age: int = None
+    # The Pins an operator set with cachekeeper-manage, expired or not:
+    # plan keeps a file only while its pin lasts.
+    pins: tuple = ()
 
     def min_age(self, kind):
         return self._min_ages.get(kind)
+
+    @functools.cached_property
+    def pins_by_name(self):
+        return {pin.name: pin for pin in self.pins}
 
     @functools.cached_property
     def _min_ages(self):
@@ -159,6 +168,33 @@ class Policy:
             EPHEMERAL: self.ephemeral_min_age,
             RESIDUE: self.residue_min_age,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Pin:
+    """An operator's pin on one cache file (cachekeeper-manage cache pin).
+
+    ``name`` is the cache file it keeps, with its copies when it is an
+    original; ``image_id`` the Glance image, when known (a pinned image
+    missing from the cache is downloaded); ``expires_at`` when it ends
+    (seconds since the epoch), None for never; ``reason`` what the
+    operator said.
+    """
+
+    name: str
+    image_id: str = None
+    pinned_at: float = None
+    expires_at: float = None
+    reason: str = ''
+    # Where the pin is kept: this host's state database, or the file
+    # every host sharing the cache reads.
+    shared: bool = False
+
+    def holds_at(self, now):
+        return self.expires_at is None or now < self.expires_at
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +234,8 @@ class ImageCatalog:
     listed_at: float = None
     pinned_names: frozenset = frozenset()
     pin_property: str = ''
+    # {image id: name} of the images of the last listing, for the operator.
+    image_names: dict = dataclasses.field(default_factory=dict)
 
 
 # Not frozen, though never changed once made (dataclasses.replace makes

@@ -169,6 +169,18 @@ class CacheNames:
         return name in self.names
 
 
+def image_of(metadata, name):
+    """The Glance image id ``metadata`` says cache file ``name`` holds.
+
+    That is its root image, for the image's original and its resized
+    copies; None for any other file (swap, ephemeral).
+    """
+    root_image = metadata.root_image
+    if root_image and original_of(name) == image_cache_name(root_image):
+        return root_image
+    return None
+
+
 def cache_names_for(metadata, cache_names):
     """Yield (name, reason) for the cache files nova metadata points to.
 

@@ -83,7 +83,31 @@ def deleted_in_glance(base_file, catalog):
             base_file.name in catalog.deleted_names)
 
 
-def _pinned_reason(name, kind, policy, catalog):
+def _operator_pin_reason(name, kind, policy, now):
+    """Why an operator's pin (cache pin) keeps ``name`` now, or None."""
+    if not policy.pins:
+        return None
+    pins = policy.pins_by_name
+    pin = pins.get(name)
+    copy_of = None
+    if pin is None and kind in names.IMAGE_VARIANT_KINDS:
+        copy_of = names.original_of(name)
+        pin = pins.get(copy_of)
+    if pin is None or not pin.holds_at(now):
+        return None
+    reason = 'pinned by cachekeeper-manage cache pin %s' % (
+        'until %s' % fmt.utc(pin.expires_at) if pin.expires_at is not None
+        else 'without end')
+    if pin.reason:
+        reason += ': %s' % pin.reason
+    return reason if copy_of is None else 'copy of %s, %s' % (copy_of,
+                                                              reason)
+
+
+def _pinned_reason(name, kind, policy, catalog, now):
+    operator_reason = _operator_pin_reason(name, kind, policy, now)
+    if operator_reason:
+        return operator_reason
     if not policy.pinned_names and (catalog is None or
                                     not catalog.pinned_names):
         return None
@@ -114,10 +138,11 @@ def decide(base_file, usage, policy, now, catalog=None):
 
     The first rule that applies wins: foreign entries are ignored, download
     residue is decided by _residue_decision, referenced files are in use,
-    pinned files (by configuration or by Glance image property) are
-    pinned; then, if removal is enabled, files younger than their kind's
-    minimum age (or with an mtime in the future) are too young, files the
-    inventory has doubts about are kept, and the rest are removable. An
+    pinned files (by an operator's pin until it expires, by configuration
+    or by Glance image property) are pinned; then, if removal is enabled,
+    files younger than their kind's minimum age (or with an mtime in the
+    future) are too young, files the inventory has doubts about are kept,
+    and the rest are removable. An
     original whose image Glance no longer has (``catalog``, an ImageCatalog
     or None) ages with the deleted images' minimum age instead of its
     kind's.
@@ -143,7 +168,7 @@ def decide(base_file, usage, policy, now, catalog=None):
         if deleted:
             reason += '; its image no longer exists in Glance'
         return decision(facts.IN_USE, reason, references=references)
-    pinned_reason = _pinned_reason(name, kind, policy, catalog)
+    pinned_reason = _pinned_reason(name, kind, policy, catalog, now)
     if pinned_reason:
         return decision(facts.PINNED, pinned_reason)
     if not policy.remove_unused:

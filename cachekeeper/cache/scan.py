@@ -12,12 +12,15 @@
 
 """List the image cache directory and classify its entries by name.
 
-Only lstat is used: nothing in the cache directory is opened or followed
+scan() is a pass's listing; size_since() the pressure check's between
+passes, which lstats only what the last scan did not see. Only lstat is
+used: nothing in the cache directory is opened or followed
 here, so symlinks, FIFOs and devices cannot block or mislead a pass. What
 a name says is nova's rule (names.kind_of); only a regular file is read
 by its name.
 """
 
+import dataclasses
 import operator
 import os
 import stat
@@ -109,3 +112,46 @@ def scan(cache_dir, previous=None):
             entries.append(known)
     entries.sort(key=operator.attrgetter('name'))
     return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSize:
+    """The regular files of the cache and the bytes they allocate.
+
+    ``new_files`` is how many of them an earlier scan had not seen.
+    """
+
+    allocated: int = 0
+    files: int = 0
+    new_files: int = 0
+
+
+def size_since(cache_dir, previous):
+    """Return the CacheSize of ``cache_dir``, cheaply.
+
+    ``previous`` maps names to the BaseFiles of the last scan: a name it
+    has counts as that scan found it, without lstat, so that a check every
+    few seconds costs a listing of the directory and an lstat of each new
+    name. A missing cache directory is an empty cache.
+    """
+    allocated = files = new_files = 0
+    try:
+        iterator = os.scandir(cache_dir)
+    except FileNotFoundError:
+        return CacheSize()
+    with iterator:
+        for entry in iterator:
+            known = previous.get(entry.name)
+            is_new = known is None
+            if is_new:
+                try:
+                    known = base_file(entry.path,
+                                      entry.stat(follow_symlinks=False),
+                                      entry.name)
+                except FileNotFoundError:
+                    continue
+            if known.is_regular:
+                allocated += known.allocated
+                files += 1
+                new_files += is_new
+    return CacheSize(allocated, files, new_files)

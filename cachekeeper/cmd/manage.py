@@ -21,6 +21,7 @@ configuration or usage.
 import inspect
 import json
 import os
+import re
 import sys
 import time
 
@@ -28,7 +29,9 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cachekeeper.cache import domains
+from cachekeeper.cache import facts
 from cachekeeper.cache import locks
+from cachekeeper.cache import names
 from cachekeeper.cache import qemu_locks
 from cachekeeper.cmd import render
 from cachekeeper.conf import paths
@@ -37,9 +40,13 @@ from cachekeeper import coordination
 from cachekeeper import demo
 from cachekeeper.glance import client as glance_client
 from cachekeeper.glance import downloads
+from cachekeeper import listing
 from cachekeeper import manager
 from cachekeeper import novaconf
+from cachekeeper import pins
 from cachekeeper import printable
+from cachekeeper import redownload
+from cachekeeper import report
 from cachekeeper.scrub import entries as scrub_entries
 from cachekeeper.scrub import quarantine
 from cachekeeper.scrub import queue
@@ -106,6 +113,19 @@ def _coordinator():
         wants_leadership=lambda: CONF.image_cache.remove_unused_base_images)
 
 
+# A duration of cache pin --for: a number and a unit.
+_DURATION = re.compile(r'^(\d+)([smhd]?)$')
+_UNIT_SECONDS = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
+
+
+def _duration(text):
+    """Seconds from 90, 90s, 30m, 12h or 7d (an argparse type)."""
+    match = _DURATION.match(text.strip().lower())
+    if match is None or not int(match.group(1)):
+        raise ValueError(text)
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 class CacheCommands:
     """Run a pass over the image cache, explain one file, or show status."""
 
@@ -136,15 +156,19 @@ class CacheCommands:
             _print_lines(render.pass_lines(result))
         return result.exit_code
 
+    @args('--check', action='store_true',
+          help='Print one line for a monitoring probe and exit 0 when all '
+               'is well, 1 on a warning, 2 when the last pass failed or is '
+               'older than three intervals.')
     @args('--json', action='store_true', dest='as_json',
           help='Print the status as one JSON object.')
-    def status(self, as_json=False):
+    def status(self, as_json=False, check=False):
         """Show the cache's size and budget, the last pass and the queue."""
         return _with_scrub_queue(
-            lambda scrub_queue: self._status(scrub_queue, as_json))
+            lambda scrub_queue: self._status(scrub_queue, as_json, check))
 
     @staticmethod
-    def _status(scrub_queue, as_json):
+    def _status(scrub_queue, as_json, check):
         try:
             document = status.collect(CONF, scrub_queue)
         except ValueError as e:
@@ -160,10 +184,150 @@ class CacheCommands:
             document,
             novaconf.manager_interval(novaconf.config_files(CONF)),
             orphans)
+        if check:
+            now = time.time()
+            code, reasons = status.check(
+                document, CONF.image_cache.manager_interval, now)
+            _print_lines([render.check(code, reasons, document, now)])
+            return code
         if as_json:
             print(json.dumps(document, indent=2, sort_keys=True))
         else:
             _print_lines(render.status(document))
+        return 0
+
+    @args('--image', dest='image_id', metavar='ID',
+          help='Only the files of this Glance image.')
+    @args('--unused', action='store_true',
+          help='Only the files no instance uses.')
+    @args('--kind', choices=facts.KINDS,
+          help='Only the files of this kind.')
+    @args('--json', action='store_true', dest='as_json',
+          help='Print the files as a JSON list of objects.')
+    def list(self, as_json=False, kind=None, unused=False, image_id=None):
+        """List the cache files with their image, users and verdicts."""
+        return _with_scrub_queue(lambda scrub_queue: self._list(
+            scrub_queue, as_json, kind, unused, image_id))
+
+    @staticmethod
+    def _list(scrub_queue, as_json, kind, unused, image_id):
+        try:
+            last_pass = report.read(CONF.state_path)
+        except ValueError as e:
+            print('cachekeeper-manage: cannot read the last pass report: %s'
+                  % e, file=sys.stderr)
+            last_pass = None
+        evaluation = manager.CacheManager(CONF, scrub_queue).evaluate()
+        rows = [row for row in listing.rows(
+                    evaluation.decisions, evaluation.policy,
+                    evaluation.catalog,
+                    ledger.entries(scrub_queue.state_db), last_pass)
+                if listing.matches(row, kind, unused, image_id)]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_lines(render.cache_list(rows))
+        return 0
+
+    @args('--dry-run', action='store_true',
+          help='Check what would be queued; change nothing.')
+    @args('--reason', default='',
+          help='Why, for the log and the scrub queue entry.')
+    @args('target', metavar='NAME|IMAGE_ID',
+          help='A cache file, or a Glance image id: its original and its '
+               'resized copies.')
+    def evict(self, target, reason='', dry_run=False):
+        """Queue unused cache files for removal now, restorable."""
+        return _with_scrub_queue(
+            lambda scrub_queue: self._evict(scrub_queue, target, reason,
+                                            dry_run),
+            moves_files=not dry_run)
+
+    @staticmethod
+    def _evict(scrub_queue, target, reason, dry_run):
+        coordinator = None if dry_run else _coordinator()
+        try:
+            eviction = manager.CacheManager(
+                CONF, scrub_queue, coordinator).evict(
+                    _cache_names_of(target), reason, dry_run=dry_run)
+        finally:
+            if coordinator is not None:
+                coordinator.stop()
+        _print_lines(render.evicted(eviction, dry_run))
+        for error in eviction.errors:
+            print('cachekeeper-manage: %s' % error['message'],
+                  file=sys.stderr)
+        done = eviction.files and all(f.verdict == facts.QUEUED
+                                      for f in eviction.files)
+        return 0 if done and not eviction.refused else 1
+
+    @args('--reason', default='',
+          help='Why, shown with the pin.')
+    @args('--for', dest='duration', metavar='DURATION', type=_duration,
+          help='How long the pin lasts: 90s, 30m, 12h or 7d; without it, '
+               'until cache unpin.')
+    @args('target', metavar='NAME|IMAGE_ID',
+          help='A cache file, or a Glance image id (its original and its '
+               'resized copies).')
+    def pin(self, target, duration=None, reason=''):
+        """Keep a cache file, or an image's, whatever its age."""
+        return _with_scrub_queue(
+            lambda scrub_queue: self._pin(scrub_queue, target, duration,
+                                          reason))
+
+    @staticmethod
+    def _pin(scrub_queue, target, duration, reason):
+        name, image_id = _pin_target(scrub_queue.state_db, target)
+        now = time.time()
+        pin = facts.Pin(name, image_id, now,
+                        None if duration is None else now + duration, reason)
+        try:
+            pin = pins.put(CONF, scrub_queue.state_db, pin)
+        except pins.PinsError as e:
+            return _shared_pins_unreadable(e)
+        _print_lines([render.pinned(pin)])
+        return 0
+
+    @args('target', metavar='NAME|IMAGE_ID',
+          help='What cache pin pinned.')
+    def unpin(self, target):
+        """Remove the pin of a cache file or image."""
+        return _with_scrub_queue(
+            lambda scrub_queue: self._unpin(scrub_queue, target))
+
+    @staticmethod
+    def _unpin(scrub_queue, target):
+        name, _image_id = _pin_target(scrub_queue.state_db, target)
+        try:
+            removed = pins.delete(CONF, scrub_queue.state_db, name)
+        except pins.PinsError as e:
+            return _shared_pins_unreadable(e)
+        if not removed:
+            print('cachekeeper-manage: %s is not pinned' % target,
+                  file=sys.stderr)
+            return 1
+        print('Unpinned %s' % name)
+        return 0
+
+    @args('--json', action='store_true', dest='as_json',
+          help='Print the pins as a JSON list of objects.')
+    def pins(self, as_json=False):
+        """List the pins that hold now, on this host and shared."""
+        return _with_scrub_queue(
+            lambda scrub_queue: self._pins(scrub_queue, as_json))
+
+    @staticmethod
+    def _pins(scrub_queue, as_json):
+        try:
+            found = pins.read(CONF, scrub_queue.state_db, time.time())
+        except pins.PinsError as e:
+            return _shared_pins_unreadable(e)
+        if as_json:
+            print(json.dumps([dict(pin.to_dict(),
+                                   schema_version=report.SCHEMA_VERSION)
+                              for pin in found], indent=2))
+        else:
+            _print_lines(render.pins(found))
         return 0
 
     @args('path', metavar='PATH',
@@ -195,6 +359,43 @@ class CacheCommands:
         print('cachekeeper-manage: no entry %s in the image cache' % path,
               file=sys.stderr)
         return 1
+
+
+def _cache_names_of(target):
+    """The cache files a NAME|IMAGE_ID argument stands for.
+
+    A Glance image id stands for its original and the resized copies of
+    it in the cache; the original is named even when it is not there.
+    """
+    if names.kind_of(target) != facts.FOREIGN:
+        return [target]
+    original = names.image_cache_name(target)
+    try:
+        present = os.listdir(paths.cache_dir(CONF))
+    except FileNotFoundError:
+        present = []
+    return [original] + sorted(
+        name for name in present
+        if names.kind_of(name) in names.IMAGE_VARIANT_KINDS and
+        names.original_of(name) == original)
+
+
+def _pin_target(state_db, target):
+    """(cache file name, Glance image id or None) of a pin's argument.
+
+    The image of a cache file named is the one the ledger remembers.
+    """
+    if names.kind_of(target) == facts.FOREIGN:
+        return names.image_cache_name(target), target
+    entry = ledger.lookup(state_db, target)
+    return target, None if entry is None else entry.image_id
+
+
+def _shared_pins_unreadable(error):
+    """Say that the shared pins cannot be read (a pins.PinsError); 1."""
+    print('cachekeeper-manage: cannot read the shared pins %s: %s'
+          % (pins.pins_path(CONF.instances_path), error), file=sys.stderr)
+    return 1
 
 
 def _print_lines(lines):
@@ -324,9 +525,10 @@ class ScrubCommands:
         return _with_scrub_queue(self._drain, moves_files=True)
 
     @args('entry_id', metavar='ID', type=int,
-          help='The ID of a queued or parked entry (see scrub list).')
+          help='The ID of a queued, parked or drained entry (see scrub '
+               'list --all).')
     def restore(self, entry_id):
-        """Move a quarantined file back into the image cache."""
+        """Move a quarantined file back, or download a deleted original."""
         return _with_scrub_queue(
             lambda scrub_queue: self._restore(scrub_queue, entry_id),
             moves_files=True)
@@ -340,7 +542,8 @@ class ScrubCommands:
 
     def _list(self, entries, as_json):
         if as_json:
-            print(json.dumps({'entries': [e.to_dict() for e in entries]},
+            print(json.dumps({'schema_version': report.SCHEMA_VERSION,
+                              'entries': [e.to_dict() for e in entries]},
                              indent=2))
             return 0
         print('\n'.join(render.scrub_list(entries)))
@@ -359,6 +562,11 @@ class ScrubCommands:
 
     @staticmethod
     def _restore(scrub_queue, entry_id):
+        entry = scrub_queue.entry(entry_id)
+        if entry.state == scrub_entries.DRAINED:
+            result = redownload.download_again(CONF, entry)
+            print(render.downloaded_again(entry, result))
+            return 0
         entry = scrub_queue.restore(entry_id, time.time())
         print(render.restored(entry))
         if entry.last_error:

@@ -29,6 +29,9 @@ from cachekeeper.state import ledger
 # The width of the titles of ``cache status``.
 TITLE_WIDTH = 13
 
+# The words monitoring plugins start their line with, by exit status.
+CHECK_WORDS = ('OK', 'WARNING', 'CRITICAL')
+
 EMPTY_SCRUB_QUEUE = 'The scrub queue is empty.'
 
 
@@ -92,6 +95,10 @@ def status(document):
         lines.append(_row('nova.conf', _nova_text(document['nova'])))
     if 'orphans' in document:
         lines.append(_row('Orphans', _orphans_text(document['orphans'])))
+    if document.get('pins'):
+        lines.append(_row('Pins', ', '.join(
+            '%s %s' % (pin['image_id'] or pin['name'], _pin_end(pin))
+            for pin in document['pins'])))
     if document['last_pass'] is not None:
         lines.append('')
         lines.extend(_files_table(document['last_pass']))
@@ -133,6 +140,96 @@ def _row(title, text):
     return '%-*s%s' % (TITLE_WIDTH, title, text)
 
 
+def check(code, reasons, document, now):
+    """The one line of cache status --check, for a monitoring probe.
+
+    ``code`` and ``reasons`` come from status.check of ``document``.
+    """
+    if reasons:
+        return '%s: %s' % (CHECK_WORDS[code], '; '.join(reasons))
+    cache = document['cache']
+    return 'OK: %d files, %s allocated, last pass %s ago' % (
+        cache['files'], fmt.size(cache['allocated_bytes']),
+        fmt.duration(max(now - document['last_pass']['finished_at'], 0)))
+
+
+# cache list
+
+def cache_list(rows):
+    """The rows of listing.rows as a table."""
+    if not rows:
+        return ['No file in the image cache matches.']
+    table_rows = [('NAME', 'KIND', 'IMAGE', 'SIZE', 'USERS', 'LAST USED',
+                   'LAST VERDICT', 'REMOVABLE AT')]
+    table_rows.extend((
+        row['name'], row['kind'], _image_text(row),
+        '' if row['allocated_bytes'] is None
+        else fmt.mib(row['allocated_bytes']),
+        ', '.join(row['users']) or '-', _when(row['last_used']),
+        _verdict_text(row), _when(row['removable_at']))
+        for row in rows)
+    return table(table_rows)
+
+
+def _image_text(row):
+    if row['image_id'] is None:
+        return '-'
+    if row['image_name']:
+        return '%s (%s)' % (row['image_id'], row['image_name'])
+    return row['image_id']
+
+
+def _verdict_text(row):
+    verdict = row['verdict'] or '-'
+    if row['pinned_until'] is not None:
+        return '%s, pinned until %s' % (verdict, fmt.utc(row['pinned_until']))
+    return verdict
+
+
+def _when(timestamp):
+    return '-' if timestamp is None else fmt.utc(timestamp)
+
+
+# cache evict
+
+def evicted(eviction, dry_run):
+    """A line per file of a manager.Eviction: queued, or why not."""
+    lines = ['%s %s' % ('Would queue' if dry_run else 'Queued', f.path)
+             if f.verdict == facts.QUEUED else
+             'Not queued %s: %s' % (f.path, f.reason)
+             for f in eviction.files]
+    lines.extend('Refused %s: %s' % item
+                 for item in sorted(eviction.refused.items()))
+    return lines
+
+
+# cache pin, unpin, pins
+
+def pinned(pin):
+    return 'Pinned %s%s %s%s' % (
+        pin.name, ' (image %s)' % pin.image_id if pin.image_id else '',
+        _pin_end(pin.to_dict()),
+        ', for every host sharing the cache' if pin.shared else '')
+
+
+def pins(pin_list):
+    """facts.Pin as a table."""
+    if not pin_list:
+        return ['No pins.']
+    rows = [('NAME', 'IMAGE', 'UNTIL', 'WHERE', 'REASON')]
+    rows.extend((pin.name, pin.image_id or '-',
+                 _when(pin.expires_at) if pin.expires_at else 'no end',
+                 'shared' if pin.shared else 'this host', pin.reason)
+                for pin in pin_list)
+    return table(rows)
+
+
+def _pin_end(pin):
+    if pin['expires_at'] is None:
+        return 'without end'
+    return 'until %s' % fmt.utc(pin['expires_at'])
+
+
 def _last_pass_lines(last_pass):
     if last_pass is None:
         return [_row('Last pass', 'none yet')]
@@ -146,8 +243,10 @@ def _last_pass_lines(last_pass):
                           fmt.size(last_pass['bytes_reclaimed'] or 0),
                           last_pass['errors'], last_pass['comebacks'])))
     budget_report = last_pass['budget']
+    # Reports from before max_cache_files have no over_files.
     if budget_report and (budget_report['over_size'] or
-                          budget_report['over_watermark']):
+                          budget_report['over_watermark'] or
+                          budget_report.get('over_files')):
         lines.append(_row('', 'over budget: evicted %d files (%s); %s' % (
             budget_report['evicted_files'],
             fmt.size(budget_report['evicted_bytes']),
@@ -348,6 +447,11 @@ def drained(result):
 
 def restored(entry):
     return 'Restored entry %d: %s' % (entry.id, entry.path)
+
+
+def downloaded_again(entry, result):
+    """A drained entry restored from Glance (a downloads.PrecacheResult)."""
+    return 'Restored entry %d from Glance: %s' % (entry.id, result.summary())
 
 
 def queued_again(entry):

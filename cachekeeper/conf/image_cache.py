@@ -130,6 +130,32 @@ that saw it in use. Evicted files skip their kind's minimum age (but not
 are deleted in the pass that evicts them. Files in use and pinned files are
 never evicted.
 """),
+    cfg.IntOpt('max_cache_files',
+        default=0,
+        min=0,
+        mutable=True,
+        help="""
+Upper bound for the number of files in the image cache, as cinder's
+``image_volume_cache_max_count``. Above it, unused files are evicted, in the
+order of ``eviction_policy``, until the cache is within the bound again, as
+for ``max_cache_size_mb``. 0 means no bound.
+"""),
+    cfg.FloatOpt('pressure_check_interval',
+        default=5,
+        min=0,
+        mutable=True,
+        help="""
+Seconds between two checks, between passes, of the cache against
+``max_cache_size_mb``, ``max_cache_files`` and
+``disk_high_watermark_percent``. A check reads the filesystem's usage and
+lists the cache directory, looking only at the files that appeared since the
+last pass; nothing is inspected. When the cache is over one of them, a pass
+runs at once and evicts what the budget asks for, as every pass does. While
+the cache stays over, another pass runs only when new files appear: a pass
+that could not bring the cache within its budget would not do better with the
+same files. 0 turns the checks off: the budget is then applied only every
+``manager_interval``. No check runs while passes are disabled.
+"""),
     cfg.IntOpt('disk_high_watermark_percent',
         default=85,
         min=1,

@@ -66,6 +66,8 @@ class Listing:
     pinned_ids: frozenset
     pin_property: str
     listed_at: float
+    # {image id: name}, of the images that have a name.
+    image_names: dict = dataclasses.field(default_factory=dict)
 
 
 def list_images(client, pin_property, now=time.time):
@@ -78,14 +80,17 @@ def list_images(client, pin_property, now=time.time):
     listed_at = now()
     image_ids = set()
     pinned_ids = set()
+    image_names = {}
     for image in client.images.list(filters={'visibility': 'all'},
                                     page_size=LIST_PAGE_SIZE):
         image_ids.add(image['id'])
+        if image.get('name'):
+            image_names[image['id']] = image['name']
         if pin is not None and str(
                 image.get(pin[0], '')).lower() == pin[1].lower():
             pinned_ids.add(image['id'])
     return Listing(frozenset(image_ids), frozenset(pinned_ids), pin_property,
-                   listed_at)
+                   listed_at, image_names)
 
 
 class ImageService:
@@ -140,7 +145,8 @@ class ImageService:
             return facts.ImageCatalog(
                 pinned_names=(frozenset() if last is None
                               else _cache_names(last.pinned_ids)),
-                pin_property=opts.pin_property)
+                pin_property=opts.pin_property,
+                image_names={} if last is None else last.image_names)
         existing = _cache_names(listing.image_ids)
         return facts.ImageCatalog(
             deleted_names=frozenset(
@@ -148,7 +154,8 @@ class ImageService:
                 if seen <= listing.listed_at and name not in existing),
             listed_at=listing.listed_at,
             pinned_names=_cache_names(listing.pinned_ids),
-            pin_property=opts.pin_property)
+            pin_property=opts.pin_property,
+            image_names=listing.image_names)
 
     def _list(self, pin_property):
         """A fresh Listing, or None when Glance cannot give one."""
@@ -183,10 +190,11 @@ class ImageService:
         return pinned
 
     def precache_pinned(self, present_names, stop_event=None,
-                        progress=None):
+                        progress=None, operator_pinned=()):
         """Download pinned images whose cache file is not in the cache.
 
-        ``present_names`` are the names in the cache. At most
+        ``present_names`` are the names in the cache; ``operator_pinned``
+        the image ids of the pins of cachekeeper-manage cache pin. At most
         MAX_PINNED_DOWNLOADS_PER_PASS downloads, images that failed before
         last. ``progress`` (a progress.PassProgress) is told each file and
         each part of it downloaded. Returns the PrecacheResults; never
@@ -196,7 +204,7 @@ class ImageService:
             progress = pass_progress.PassProgress()
         if not self.configured or not self._available:
             return []
-        pinned = self.pinned_image_ids()
+        pinned = self.pinned_image_ids() | set(operator_pinned)
         self._download_failures &= pinned
         missing = sorted(
             (i for i in pinned

@@ -13,11 +13,11 @@
 """The state database: one SQLite file in ``[DEFAULT] state_path``.
 
 It holds the scrub queue (whose statements are in
-cachekeeper.scrub.entries), the aging ledger, running totals and what
-inspections of disks found (the inspection cache); the other modules of
-this package hold the statements of the last three. The package imports
-nothing of the modules that keep state in it, so that the schema and its
-migrations are in one place below all of them.
+cachekeeper.scrub.entries), the aging ledger, running totals, what
+inspections of disks found (the inspection cache) and an operator's pins;
+the other modules of this package hold the statements of the last four.
+The package imports nothing of the modules that keep state in it, so that
+the schema and its migrations are in one place below all of them.
 
 Writes are short transactions, durable when they return (write-ahead log,
 synchronous=FULL), so a caller can commit what it is about to do before
@@ -127,6 +127,18 @@ MIGRATIONS = (
         'ALTER TABLE ledger ADD COLUMN uses INTEGER NOT NULL DEFAULT 0',
         'ALTER TABLE ledger ADD COLUMN users INTEGER NOT NULL DEFAULT 0',
         'ALTER TABLE ledger ADD COLUMN comebacks INTEGER NOT NULL DEFAULT 0',
+    ),
+    (
+        # The Glance image a file caches, as nova's metadata named it:
+        # still known once the instances that named it are gone.
+        'ALTER TABLE ledger ADD COLUMN image_id TEXT',
+        # An operator's pins on cache files (see cachekeeper.state.pins).
+        '''CREATE TABLE pin (
+               name TEXT PRIMARY KEY,
+               image_id TEXT,
+               pinned_at REAL NOT NULL,
+               expires_at REAL,
+               reason TEXT NOT NULL)''',
     ),
 )
 

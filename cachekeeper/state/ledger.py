@@ -33,7 +33,7 @@ import dataclasses
 HISTORY_RETENTION = 30 * 86400
 
 _SELECT = ('SELECT name, first_seen_unused, last_seen_in_use, '
-           'first_seen_in_use, uses, comebacks FROM ledger')
+           'first_seen_in_use, uses, comebacks, image_id FROM ledger')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,8 @@ class LedgerEntry:
     first_seen_in_use: float = None
     uses: int = 0
     comebacks: int = 0
+    # The Glance image nova's metadata last said the file caches.
+    image_id: str = None
 
 
 def record_usage(state_db, users, unused_names, now, present_names=None):
@@ -98,6 +100,19 @@ def _forget_absent(db, present, now):
         'WHERE name = ? AND (first_seen_unused IS NOT NULL OR users != 0)',
         [(name,) for name, last in sorted(gone)
          if last is not None and last >= cutoff])
+
+
+def record_images(state_db, image_ids):
+    """Remember the Glance image of cache files: {name: image id}.
+
+    Kept as long as the rest of a file's history, so that the image of a
+    file is known after the instances that named it are gone.
+    """
+    with state_db.transaction() as db:
+        db.executemany(
+            'INSERT INTO ledger (name, image_id) VALUES (?, ?) '
+            'ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id',
+            sorted(image_ids.items()))
 
 
 def add_comebacks(connection, names):

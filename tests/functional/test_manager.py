@@ -225,3 +225,58 @@ def test_the_uses_a_pass_records_weigh_in_the_next_eviction(
     assert [os.path.basename(f.path) for f in result.files
             if f.reason.startswith('over budget')] == [evicted]
     assert result.budget['evicted_files'] == 1
+
+
+def _file_state(path):
+    with open(path, 'rb') as f:
+        return f.read(), os.stat(path).st_mtime_ns
+
+
+def test_evict_refuses_a_file_in_use_and_leaves_it(host):
+    before = _file_state(host.cache_path(X))
+
+    process = host.manage('cache', 'evict', X)
+
+    assert process.returncode == 1
+    assert 'Refused %s: in use' % X in process.stdout
+    assert _file_state(host.cache_path(X)) == before
+
+
+def test_evict_queues_a_young_unused_file_and_restore_brings_it_back(host):
+    young = hosttree.image('young-image')
+    path = host.base(young, hosttree.HOUR)
+    with open(path, 'r+b') as f:
+        f.write(b'content of the image')
+    hosttree.set_age(path, hosttree.HOUR)
+    before = _file_state(path)
+
+    process = host.manage('cache', 'evict', young, '--reason', 'test')
+
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert not os.path.exists(path)
+    listed = json.loads(host.manage('scrub', 'list', '--json').stdout)
+    [entry] = listed['entries']
+    assert entry['reason'].endswith('cache evict: test')
+    restored = host.manage('scrub', 'restore', str(entry['id']))
+    assert restored.returncode == 0, restored.stderr
+    assert _file_state(path) == before
+
+
+def test_evict_dry_run_changes_nothing(host):
+    before = hosttree.snapshot(host.instances_path)
+
+    process = host.manage('cache', 'evict', U, '--dry-run')
+
+    assert process.returncode == 0, process.stderr
+    assert 'Would queue %s' % host.cache_path(U) in process.stdout
+    assert hosttree.snapshot(host.instances_path) == before
+
+
+def test_evict_refuses_a_pinned_file(host):
+    assert host.manage('cache', 'pin', U).returncode == 0
+
+    process = host.manage('cache', 'evict', U)
+
+    assert process.returncode == 1
+    assert 'Refused %s: pinned' % U in process.stdout
+    assert os.path.exists(host.cache_path(U))

@@ -328,3 +328,65 @@ def test_a_relative_metrics_file_is_a_configuration_error(tmp_path):
     assert process.returncode == 2
     assert ('cachekeeper-manage: [DEFAULT] metrics_file: must be an absolute '
             'path' in process.stderr.splitlines())
+
+
+def _nova_conf(host, manager_interval):
+    return write_nova_conf(host, 'nova.conf',
+                           '[image_cache]\nmanager_interval = %d\n'
+                           % manager_interval)
+
+
+def _check(host, *config_files):
+    argv = []
+    for config_file in config_files:
+        argv.extend(['--config-file', config_file])
+    return subprocess.run(
+        [hosttree.MANAGE] + argv + ['--config-file', host.config_file,
+                                    'cache', 'status', '--check'],
+        capture_output=True, text=True, timeout=hosttree.PASS_TIMEOUT)
+
+
+def test_check_is_one_line_and_an_exit_status_for_a_probe(tmp_path):
+    host = Host(tmp_path)
+    assert _check(host).returncode == 2
+    assert host.manage('cache', 'pass').returncode == 0
+    nova_off = _nova_conf(host, -1)
+
+    healthy = _check(host, nova_off)
+
+    assert healthy.returncode == 0, healthy.stdout
+    assert healthy.stdout.startswith('OK: ')
+    assert len(healthy.stdout.splitlines()) == 1
+    assert host.status(nova_off)['schema_version'] == 1
+
+
+def test_check_warns_while_nova_s_own_manager_runs(tmp_path):
+    host = Host(tmp_path)
+    assert host.manage('cache', 'pass').returncode == 0
+    nova_on = _nova_conf(host, 2400)
+
+    process = _check(host, nova_on)
+
+    assert process.returncode == 1, process.stdout
+    assert process.stdout.startswith('WARNING: ')
+    assert "nova's own image cache manager also runs" in process.stdout
+    assert len(process.stdout.splitlines()) == 1
+
+
+def test_check_is_critical_when_the_last_pass_is_three_intervals_old(
+        tmp_path):
+    host = Host(tmp_path)
+    host.configure(manager_interval=60)
+    assert host.manage('cache', 'pass').returncode == 0
+    report_file = os.path.join(host.state_path, 'last_pass.json')
+    with open(report_file) as f:
+        document = json.load(f)
+    document['finished_at'] -= 181
+    with open(report_file, 'w') as f:
+        json.dump(document, f)
+    nova_off = _nova_conf(host, -1)
+
+    process = _check(host, nova_off)
+
+    assert process.returncode == 2, process.stdout
+    assert process.stdout.startswith('CRITICAL: the last pass finished')

@@ -11,15 +11,19 @@
 # under the License.
 
 import datetime
+import json
 import os
+import re
 import signal
 import subprocess
+import time
 
 import pytest
 
 from cachekeeper import masking
 from tests.lib import daemon
 from tests.lib import hosttree
+from tests.lib import tmpfs
 from tests.lib import tooz_urls
 
 PASS_LINE = r'INFO cachekeeper.service .* Pass done'
@@ -45,16 +49,16 @@ class DaemonHost:
         os.mkdir(self.state_path, 0o700)
         self.config_file = os.path.join(self.tmp, 'cachekeeper.conf')
 
-    def configure(self, interval):
+    def configure(self, interval, **image_cache):
         daemon.write_config(
             self.config_file,
             DEFAULT={'instances_path': self.instances_path,
                      'state_path': self.state_path,
                      'service_backend': self.backend},
-            image_cache={'manager_interval': interval})
+            image_cache=dict(image_cache, manager_interval=interval))
 
-    def start(self, interval):
-        self.configure(interval)
+    def start(self, interval, **image_cache):
+        self.configure(interval, **image_cache)
         process = daemon.Daemon(self.tmp, self.config_file)
         self.processes.append(process)
         return process
@@ -301,3 +305,174 @@ def test_the_debug_log_shows_no_secret_of_the_backend_url(tmp_path):
     for secret in secrets:
         assert secret not in log
         assert secret not in report
+
+
+PRESSURE_STARTS = (r'INFO cachekeeper.service .* The image cache is over its '
+                   r'budget between passes \(cache \d+ files > 2 max\): a '
+                   r'pass evicts now')
+PRESSURE_ENDS = (r'INFO cachekeeper.service .* The image cache is within its '
+                 r'budget again: cache .* in 2 files')
+PRESSURE_PASS = PASS_LINE + r' in [0-9.]+s, trigger=pressure: '
+
+
+def _cache_file(host, label, age):
+    """An unused original, ``age`` seconds old, in the daemon's cache."""
+    path = os.path.join(host.instances_path, '_base', hosttree.image(label))
+    with open(path, 'wb') as f:
+        f.truncate(1024 * 1024)
+    hosttree.set_age(path, age)
+    return path
+
+
+def _assert_one_pass_at_a_time(process):
+    # Each pass line says when the pass ended and how long it took: each
+    # started after the one before it had ended.
+    passes = [(_timestamp(line),
+               float(re.search(r'Pass done in ([0-9.]+)s', line).group(1)))
+              for line in process.lines(PASS_LINE)]
+    for (ended, _), (next_ended, took) in zip(passes, passes[1:]):
+        assert (next_ended - ended).total_seconds() >= took - 0.01, passes
+
+
+def test_pressure_between_passes_evicts_at_once(host):
+    used = _cache_file(host, 'used', 30 * hosttree.DAY)
+    directory = os.path.join(host.instances_path, 'instance-1')
+    disk = hosttree.HostTree.overlay(os.path.join(directory, 'disk'), used)
+    with open(os.path.join(directory, 'disk.info'), 'w') as f:
+        json.dump({disk: 'qcow2'}, f)
+    process = host.start(interval=3600, max_cache_files=2,
+                         pressure_check_interval=1)
+    process.wait_for(r'a pass every 3600 s; the budget checked every 1 s')
+    process.wait_for(PASS_LINE)
+    # Younger than an original's minimum age (a day), older than
+    # eviction_minimum_age_seconds: only the budget removes them.
+    oldest = _cache_file(host, 'oldest', 3 * hosttree.HOUR)
+    older = _cache_file(host, 'older', 2 * hosttree.HOUR)
+    newest = _cache_file(host, 'newest', 1 * hosttree.HOUR)
+
+    process.wait_for(PRESSURE_STARTS, timeout=10)
+    process.wait_for(PRESSURE_PASS + r'.*evicted 2 files')
+    process.wait_for(PRESSURE_ENDS, timeout=10)
+
+    assert not os.path.exists(oldest)
+    assert not os.path.exists(older)
+    assert os.path.exists(newest)
+    assert os.path.exists(used)
+    with open(os.path.join(host.state_path, 'last_pass.json')) as f:
+        report = json.load(f)
+    assert report['trigger'] == 'pressure'
+    assert report['budget']['cache_files_after'] == 2
+
+    # Pressure again: a pass again, said once more each way.
+    again = _cache_file(host, 'again', 2 * hosttree.HOUR)
+    process.wait_for(PRESSURE_ENDS, count=2, timeout=10)
+    assert not os.path.exists(again)
+    log = process.stop_cleanly()
+    assert len(process.lines(PRESSURE_STARTS)) == 2, log
+    assert len(process.lines(PRESSURE_PASS)) == 2, log
+    assert len(process.lines(PASS_LINE)) == 3, log
+    _assert_one_pass_at_a_time(process)
+
+
+def test_pressure_a_pass_cannot_relieve_runs_no_pass_again(host):
+    # Both files in use: over the cap for good, and nothing to evict.
+    for label in ('a', 'b', 'c'):
+        base = _cache_file(host, label, hosttree.DAY)
+        directory = os.path.join(host.instances_path, 'instance-' + label)
+        disk = hosttree.HostTree.overlay(os.path.join(directory, 'disk'),
+                                         base)
+        with open(os.path.join(directory, 'disk.info'), 'w') as f:
+            json.dump({disk: 'qcow2'}, f)
+    process = host.start(interval=3600, max_cache_files=2,
+                         pressure_check_interval=0.2)
+    process.wait_for(PASS_LINE + r'.*still over budget')
+    process.wait_for(PRESSURE_STARTS, timeout=10)
+    process.wait_for(PRESSURE_PASS)
+    # Many checks later: no pass, no line, until a new file appears.
+    time.sleep(2)
+    assert len(process.lines(PASS_LINE)) == 2
+    _cache_file(host, 'new', 2 * hosttree.HOUR)
+    process.wait_for(PRESSURE_PASS, count=2, timeout=10)
+    process.stop_cleanly()
+    assert len(process.lines(PRESSURE_STARTS)) == 1
+    assert not process.lines(PRESSURE_ENDS)
+
+
+def _allocated_file(path, mib, age):
+    """A file whose blocks are all written, so that they are counted."""
+    with open(path, 'wb') as f:
+        for _ in range(mib):
+            f.write(b'\1' * 1024 * 1024)
+    hosttree.set_age(path, age)
+    return path
+
+
+def _percent_used(path):
+    st = os.statvfs(path)
+    used = st.f_blocks - st.f_bfree
+    return 100.0 * used / (used + st.f_bavail)
+
+
+def test_pressure_on_a_full_tmpfs_evicts_down_to_the_low_watermark(
+        tmp_path):
+    with tmpfs.Tmpfs(tmp_path / 'instances', 32):
+        host = DaemonHost(str(tmp_path), 'eventlet')
+        try:
+            base = os.path.join(host.instances_path, '_base')
+            used = _allocated_file(os.path.join(base, hosttree.image('used')),
+                                   4, hosttree.DAY)
+            directory = os.path.join(host.instances_path, 'instance-1')
+            disk = hosttree.HostTree.overlay(os.path.join(directory, 'disk'),
+                                             used)
+            with open(os.path.join(directory, 'disk.info'), 'w') as f:
+                json.dump({disk: 'qcow2'}, f)
+            process = host.start(interval=3600, pressure_check_interval=0.5,
+                                 disk_high_watermark_percent=60,
+                                 disk_low_watermark_percent=40)
+            process.wait_for(PASS_LINE)
+            # 4 + 4 * 4 MiB of 32: over 60%; down to 40% takes the two
+            # least recently used.
+            unused = [_allocated_file(
+                os.path.join(base, hosttree.image('unused-%d' % hours)), 4,
+                hours * hosttree.HOUR) for hours in (4, 3, 2, 1)]
+            assert _percent_used(host.instances_path) > 60
+
+            process.wait_for(r'The image cache is over its budget between '
+                             r'passes \(filesystem [0-9.]+% > 60% high '
+                             r'watermark\)', timeout=10)
+            process.wait_for(r'The image cache is within its budget again',
+                             timeout=10)
+
+            assert [os.path.exists(path) for path in unused] == [
+                False, False, True, True]
+            assert os.path.exists(used)
+            assert _percent_used(host.instances_path) <= 40
+            process.stop_cleanly()
+            assert len(process.lines('over its budget between passes')) == 1
+            assert len(process.lines('within its budget again')) == 1
+        finally:
+            host.close()
+
+
+def test_evict_while_the_daemon_runs(host):
+    young = hosttree.image('young-image')
+    path = os.path.join(host.instances_path, '_base', young)
+    with open(path, 'wb') as f:
+        f.truncate(1024 * 1024)
+    process = host.start(interval=3600)
+    process.wait_for(PASS_LINE)
+
+    evicted = subprocess.run(
+        [hosttree.MANAGE, '--config-file', host.config_file, 'cache',
+         'evict', young], capture_output=True, text=True,
+        timeout=hosttree.PASS_TIMEOUT)
+
+    assert evicted.returncode == 0, evicted.stdout + evicted.stderr
+    assert not os.path.exists(path)
+    listed = subprocess.run(
+        [hosttree.MANAGE, '--config-file', host.config_file, 'scrub', 'list',
+         '--json'], capture_output=True, text=True,
+        timeout=hosttree.PASS_TIMEOUT)
+    assert [e['name'] for e in json.loads(listed.stdout)['entries']] == [
+        young]
+    host.assert_clean_log(process)

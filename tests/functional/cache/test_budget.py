@@ -20,13 +20,12 @@ mount.
 
 import math
 import os
-import shutil
-import subprocess
 
 import pytest
 
 from cachekeeper.cache import facts
 from tests.lib import hosttree
+from tests.lib import tmpfs
 
 MiB = 1024 * 1024
 MINUTE = hosttree.MINUTE
@@ -115,7 +114,9 @@ def test_over_its_size_the_least_recently_used_unused_files_go(tmp_path):
         'max_cache_bytes': 5 * MiB, 'high_watermark_percent': 85,
         'low_watermark_percent': 80, 'over_size': True,
         'over_watermark': False, 'cache_bytes_before': 8 * MiB,
-        'cache_bytes_after': 5 * MiB,
+        'cache_bytes_after': 5 * MiB, 'max_cache_files': 0,
+        'over_files': False, 'cache_files_before': 8,
+        'cache_files_after': 5,
         'filesystem_percent_before': report['budget'][
             'filesystem_percent_before'],
         'filesystem_percent_after': report['budget'][
@@ -222,33 +223,8 @@ def test_watermarks_relative_to_the_real_filesystem(tmp_path):
     assert quarantined(host) == []
 
 
-class Tmpfs:
-    """A tmpfs of ``mib`` MiB mounted at ``path`` (needs root)."""
-
-    def __init__(self, path, mib):
-        self.path = str(path)
-        self.mib = mib
-
-    def __enter__(self):
-        if os.geteuid() != 0:
-            pytest.skip('mounting a tmpfs needs root')
-        if shutil.which('mount') is None:
-            pytest.skip('mount is not installed')
-        os.makedirs(self.path)
-        result = subprocess.run(
-            ['mount', '-t', 'tmpfs', '-o', 'size=%dm' % self.mib, 'tmpfs',
-             self.path], capture_output=True, text=True)
-        if result.returncode:
-            pytest.skip('cannot mount a tmpfs here: %s'
-                        % result.stderr.strip())
-        return self
-
-    def __exit__(self, *exc_info):
-        subprocess.run(['umount', self.path], check=True)
-
-
 def test_watermarks_on_a_tmpfs_free_down_to_the_low_one(tmp_path):
-    with Tmpfs(tmp_path / 'host' / 'instances', 64):
+    with tmpfs.Tmpfs(tmp_path / 'host' / 'instances', 64):
         host = hosttree.HostTree(tmp_path / 'host')
         build(host, mib=4)
         # Something else filling the filesystem: 20 MiB.

@@ -59,3 +59,32 @@ def test_unchanged_entries_are_the_earlier_scan_objects(tmp_path):
     assert second[0].mtime == 1 and second[0] is not previous['swap_1024']
     assert (second[1].kind, second[1].file_type) == (facts.FOREIGN,
                                                      'directory')
+
+
+def _write(path, size):
+    with open(path, 'wb') as f:
+        f.write(b'x' * size)
+
+
+def test_size_since_lstats_only_new_names(tmp_path):
+    _write(tmp_path / SHA1, 8192)
+    known = {b.name: b for b in scan.scan(str(tmp_path))}
+    # Grown since the scan: counted as the scan found it, not lstat'ed.
+    _write(tmp_path / SHA1, 3 * 8192)
+    _write(tmp_path / 'swap_512', 4096)
+    os.symlink(SHA1, tmp_path / 'link')
+
+    size = scan.size_since(str(tmp_path), known)
+
+    assert size.files == 2
+    assert size.new_files == 1
+    assert size.allocated == (known[SHA1].allocated +
+                              os.lstat(tmp_path / 'swap_512').st_blocks * 512)
+
+
+def test_size_since_leaves_out_what_is_gone(tmp_path):
+    _write(tmp_path / SHA1, 4096)
+    known = {b.name: b for b in scan.scan(str(tmp_path))}
+    os.unlink(tmp_path / SHA1)
+    assert scan.size_since(str(tmp_path), known) == scan.CacheSize()
+    assert scan.size_since(str(tmp_path / 'missing'), {}) == scan.CacheSize()

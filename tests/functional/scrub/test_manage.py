@@ -95,7 +95,8 @@ def test_list_json(scrub):
     [entry] = scrub.queue_files(1)
     code, stdout, stderr = scrub.manage('list', '--json')
     assert code == 0, stderr
-    assert json.loads(stdout) == {'entries': [entry.to_dict()]}
+    assert json.loads(stdout) == {'schema_version': 1,
+                                  'entries': [entry.to_dict()]}
     assert {'id', 'path', 'kind', 'size', 'state', 'queued_at', 'attempts',
             'last_error'} - set(entry.to_dict()) == set()
 

@@ -449,6 +449,8 @@ def test_from_the_image_cache_options():
             0, 85, 80, 600, eviction.COST)
         conf.set_override('max_cache_size_mb', 3, group='image_cache')
         assert budget.Limits.from_conf(conf).max_cache_bytes == 3 * MiB
+        conf.set_override('max_cache_files', 7, group='image_cache')
+        assert budget.Limits.from_conf(conf).max_cache_files == 7
     finally:
         conf.reset()
 
@@ -519,3 +521,64 @@ def test_a_given_order_replaces_the_policy():
     assert outcome.evicted == (expected,)
     assert by_name(decisions)[expected].reason.endswith(
         'evicted in test order')
+
+
+FILES_LIMITS = budget.Limits(max_cache_files=3, eviction_min_age=10 * MINUTE)
+
+
+def test_over_the_file_cap_evicts_until_within_it():
+    cache = Cache()
+    used = cache.add('used', 30 * DAY, used=True)
+    oldest = cache.add('oldest', 20 * HOUR)
+    older = cache.add('older', 10 * HOUR)
+    cache.add('newer', 2 * HOUR)
+    cache.add('newest', 1 * HOUR)
+    decisions, outcome = cache.apply(limits=FILES_LIMITS)
+    assert outcome.files == 5
+    assert outcome.files_excess == 2
+    assert outcome.over_files and not outcome.over_size
+    assert outcome.over_text() == 'cache 5 files > 3 max'
+    assert outcome.evicted == (oldest, older)
+    assert outcome.files_shortfall == 0
+    assert by_name(decisions)[used].verdict == facts.IN_USE
+
+
+def test_removable_files_count_for_the_file_cap():
+    cache = Cache()
+    cache.add('old', 2 * DAY)
+    cache.add('a', 2 * HOUR)
+    cache.add('b', 1 * HOUR)
+    cache.add('c', 1 * HOUR)
+    _, outcome = cache.apply(limits=FILES_LIMITS)
+    # The removable file leaves the cache this pass: enough.
+    assert outcome.files_excess == 1
+    assert outcome.evicted == ()
+
+
+def test_a_file_cap_that_cannot_be_met_says_so():
+    cache = Cache()
+    for label in ('a', 'b', 'c', 'd'):
+        cache.add(label, DAY, used=True)
+    _, outcome = cache.apply(limits=FILES_LIMITS)
+    assert outcome.files_shortfall == 1
+    assert outcome.shortfall == 0
+    message = outcome.shortfall_message()
+    assert '1 file more would have to go' in message
+    assert 'raise [image_cache] max_cache_files' in message
+
+
+def test_measure_says_what_is_over_without_ranking():
+    limits = budget.Limits(max_cache_bytes=10 * MiB, max_cache_files=2,
+                           high_percent=85, low_percent=80)
+    full = budget.Filesystem(size=100 * MiB, used=90 * MiB)
+    outcome = budget.measure(limits, 12 * MiB, 3, full)
+    assert (outcome.size_excess, outcome.files_excess,
+            outcome.filesystem_excess) == (2 * MiB, 1, 10 * MiB)
+    assert outcome.ranking == () and outcome.evicted == ()
+    within = budget.measure(limits, 10 * MiB, 2,
+                            budget.Filesystem(size=100 * MiB, used=85 * MiB))
+    assert not within.over
+
+
+def test_no_file_cap_by_default():
+    assert not budget.measure(budget.Limits(), 0, 10 ** 6, None).over

@@ -585,3 +585,21 @@ def test_the_rules_that_keep_cache_files_keep_residue(label, found, rules,
 
 def test_residue_min_age_is_its_kinds_min_age():
     assert RESIDUE_RULES.min_age(facts.RESIDUE) == DAY
+
+
+def test_an_operator_pin_keeps_a_file_and_its_copies_until_it_ends():
+    pinned = policy(pins=(facts.Pin(IMAGE, expires_at=NOW + HOUR,
+                                    reason='golden'),))
+    original = base_file(IMAGE, facts.ORIGINAL)
+    resized = base_file(IMAGE + '_10', facts.RESIZED)
+
+    kept = plan.decide(original, usage(), pinned, NOW)
+    copy = plan.decide(resized, usage(), pinned, NOW)
+    expired = plan.decide(original, usage(), pinned, NOW + HOUR)
+
+    assert (kept.verdict, copy.verdict) == (facts.PINNED, facts.PINNED)
+    assert kept.reason.startswith('pinned by cachekeeper-manage cache pin '
+                                  'until ')
+    assert kept.reason.endswith(': golden')
+    assert copy.reason.startswith('copy of %s, pinned by' % IMAGE)
+    assert expired.verdict == facts.REMOVABLE
