@@ -16,11 +16,10 @@ Once an entry is drained its file is gone from this host, but an original
 is a copy of a Glance image: ``scrub restore`` downloads it again through
 the verified precache path (glance.downloads.Precacher), as nova would
 fetch it. nova names an original after the sha1 of its image id, which
-cannot be turned back into the id; the id is found among
-``[image_cache] pinned_images`` and the images Glance lists.
+cannot be turned back into the id; the id is the one nova's metadata named
+for it (kept in the ledger after the instances are gone), or is found
+among ``[image_cache] pinned_images`` and the images Glance lists.
 """
-
-import itertools
 
 from cachekeeper.cache import facts
 from cachekeeper.cache import names
@@ -34,22 +33,26 @@ class CannotDownloadAgain(entries.ScrubError):
     """A drained entry cannot be downloaded again; one line says why."""
 
 
-def image_id_of(name, client, pinned_ids=()):
+def _named(name, image_ids):
+    """The one of ``image_ids`` whose original nova names ``name``, or None."""
+    return next((image_id for image_id in image_ids
+                 if names.image_cache_name(image_id) == name), None)
+
+
+def image_id_of(name, client, known_ids=()):
     """The id of the image whose original is named ``name``, or None.
 
-    ``pinned_ids`` are ids known without asking Glance. Raises one of
-    glance.client.SERVICE_ERRORS when Glance cannot list its images.
+    ``known_ids`` are ids known without asking Glance, tried first. Raises
+    one of glance.client.SERVICE_ERRORS when Glance cannot list its images.
     """
-    candidates = itertools.chain(
-        pinned_ids, catalog.list_images(client, None).image_ids)
-    for image_id in candidates:
-        if names.image_cache_name(image_id) == name:
-            return image_id
-    return None
+    return (_named(name, known_ids) or
+            _named(name, catalog.list_images(client, None).image_ids))
 
 
-def download_again(conf, entry):
+def download_again(conf, entry, known_id=None):
     """Download the original of drained ``entry`` again.
+
+    ``known_id`` is the image id the ledger kept for it, if any.
 
     Returns the downloads.PrecacheResult: an image nova fetched again
     meanwhile is only verified and touched. Raises CannotDownloadAgain
@@ -68,8 +71,9 @@ def download_again(conf, entry):
             % gone)
     client = glance_client.make_client(conf)
     try:
+        known_ids = [known_id] if known_id else []
         image_id = image_id_of(entry.name, client,
-                               conf.image_cache.pinned_images)
+                               known_ids + conf.image_cache.pinned_images)
     except glance_client.SERVICE_ERRORS as e:
         raise CannotDownloadAgain(
             '%s, and its image id cannot be looked up: Glance cannot list '

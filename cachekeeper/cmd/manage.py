@@ -564,7 +564,9 @@ class ScrubCommands:
     def _restore(scrub_queue, entry_id):
         entry = scrub_queue.entry(entry_id)
         if entry.state == scrub_entries.DRAINED:
-            result = redownload.download_again(CONF, entry)
+            known = ledger.entries(scrub_queue.state_db).get(entry.name)
+            result = redownload.download_again(
+                CONF, entry, known.image_id if known else None)
             print(render.downloaded_again(entry, result))
             return 0
         entry = scrub_queue.restore(entry_id, time.time())

@@ -17,6 +17,8 @@ real glance-api, or one line saying why it cannot be.
 import json
 import os
 
+from cachekeeper.state import db
+from cachekeeper.state import ledger
 from tests.lib import glance
 
 MiB = 1024 * 1024
@@ -77,6 +79,26 @@ def test_a_drained_original_is_downloaded_again_from_glance(glance_api,
     assert 'sha512 verified' in restored.stdout
     assert glance.read(host.path(image_id)) == data
     assert host.listing() == [glance.cache_name(image_id)]
+
+
+def test_the_image_id_the_ledger_kept_is_tried_first(glance_api, tmp_path):
+    # A hidden image (os_hidden) is not in Glance's listings, but can be
+    # downloaded by its id: only the id nova's metadata named finds it.
+    data = os.urandom(2 * MiB)
+    image_id = glance.upload(glance_api.client(), data, os_hidden=True)
+    host = glance.Host(tmp_path, glance_api.url, **NO_PIN_PROPERTY)
+    assert host.manage('precache', image_id).returncode == 0
+    entry_id = _evicted_and_drained(host, host.path(image_id))
+    state_db = db.open_state(host.state_path)
+    try:
+        ledger.record_images(state_db, {glance.cache_name(image_id): image_id})
+    finally:
+        state_db.close()
+
+    restored = host.manage('scrub', 'restore', str(entry_id))
+
+    assert restored.returncode == 0, restored.stderr
+    assert glance.read(host.path(image_id)) == data
 
 
 def test_an_original_glance_does_not_list_cannot_be(glance_api, tmp_path):
