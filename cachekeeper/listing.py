@@ -43,15 +43,18 @@ def rows(decisions, policy, catalog, history, last_pass):
     verdicts = {} if last_pass is None else {
         f['path']: f['verdict'] for f in last_pass['files']}
     image_names = {} if catalog is None else catalog.image_names
-    return [_row(d, policy, image_names, history, verdicts)
+    # nova names an original after the sha1 of its image id.
+    listed = {names.image_cache_name(image_id): image_id
+              for image_id in image_names}
+    return [_row(d, policy, image_names, listed, history, verdicts)
             for d in decisions]
 
 
-def _row(decision, policy, image_names, history, verdicts):
+def _row(decision, policy, image_names, listed, history, verdicts):
     base_file = decision.base_file
     pin = _pin_of(base_file, policy)
-    image_id = image_of(base_file, decision.references, history) or (
-        None if pin is None else pin.image_id)
+    image_id = image_of(base_file, decision.references, history,
+                        listed) or (None if pin is None else pin.image_id)
     entry = history.get(base_file.name)
     regular = base_file.is_regular
     return {
@@ -72,22 +75,25 @@ def _row(decision, policy, image_names, history, verdicts):
     }
 
 
-def image_of(base_file, references, history):
+def image_of(base_file, references, history, listed):
     """The Glance image id of a cache file, None when none is known.
 
     nova's metadata of the instances using it, else what the ledger kept
-    of it, for the file or (a resized copy) for its original.
+    of it, else the image Glance lists under its name (``listed``: {cache
+    name: image id}), for the file or (a resized copy) for its original.
     """
     for reference in references:
         if reference.image_id:
             return reference.image_id
     if base_file.kind not in (facts.ORIGINAL,) + names.IMAGE_VARIANT_KINDS:
         return None
-    for name in (base_file.name, names.original_of(base_file.name)):
+    candidates = (base_file.name, names.original_of(base_file.name))
+    for name in candidates:
         entry = history.get(name)
         if entry is not None and entry.image_id:
             return entry.image_id
-    return None
+    return next((listed[name] for name in candidates if name in listed),
+                None)
 
 
 def _user(source):

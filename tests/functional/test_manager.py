@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 from oslo_config import cfg
 import pytest
@@ -30,6 +31,7 @@ import pytest
 from cachekeeper.cache import registry
 import cachekeeper.conf
 from cachekeeper import config
+from cachekeeper import coordination
 from cachekeeper import manager
 from cachekeeper import progress
 from cachekeeper import report
@@ -280,3 +282,84 @@ def test_evict_refuses_a_pinned_file(host):
     assert process.returncode == 1
     assert 'Refused %s: pinned' % U in process.stdout
     assert os.path.exists(host.cache_path(U))
+
+
+def _corrupt_qcow2(host, directory):
+    # A qcow2 magic and then nothing a header reader can make sense of.
+    with open(os.path.join(directory, 'disk'), 'wb') as f:
+        f.write(b'QFI\xfb' + b'\xff' * 508)
+
+
+def _unparsable_libvirt_xml(host, directory):
+    # A flat disk: only nova's metadata could say what it was copied from.
+    host.instance(os.path.basename(directory), {'disk': None})
+    with open(os.path.join(directory, 'libvirt.xml'), 'w') as f:
+        f.write('<domain type="kvm"><metadata>')
+
+
+# An unparsable disk.info holds back only what the directory's disks use,
+# which a header read finds in use anyway: no refusal of its own to see.
+@pytest.mark.parametrize('unreadable', [_corrupt_qcow2,
+                                        _unparsable_libvirt_xml])
+def test_evict_refuses_a_file_something_unreadable_could_use(host,
+                                                             unreadable):
+    directory = os.path.join(host.instances_path,
+                             '6f1c4a52-2d0e-4c36-9a51-00000000000b')
+    os.makedirs(directory)
+    unreadable(host, directory)
+    before = _file_state(host.cache_path(U))
+
+    process = host.manage('cache', 'evict', U)
+
+    assert process.returncode == 1, process.stdout
+    [line] = process.stdout.splitlines()
+    assert line.startswith('Refused %s: not removed: %s' % (U, directory))
+    assert 'could not be read' in line
+    assert _file_state(host.cache_path(U)) == before
+    assert json.loads(host.manage('scrub', 'list', '--json').stdout)[
+        'entries'] == []
+
+
+def test_evict_on_a_shared_cache_from_a_follower_says_it_is_not_leader(
+        host):
+    now = time.time()
+    with open(registry.registry_path(host.instances_path), 'w') as f:
+        json.dump({'compute-test': now, 'compute-other': now}, f)
+    conf = host.conf()
+    # The other host's daemon, on the default file backend under locks/.
+    leader = coordination.Coordinator(
+        conf.coordination.backend_url, host.instances_path, host.cache_dir,
+        'compute-other')
+    leader.start()
+    try:
+        assert leader.wait_for_first_beat()
+        assert leader.removal_hold() is None
+        process = host.manage('cache', 'evict', U)
+    finally:
+        leader.stop()
+
+    assert process.returncode == 1, process.stdout + process.stderr
+    assert process.stdout.splitlines() == [
+        'Refused %s: not removed: not the leader for this cache '
+        '(leader: compute-other)' % U]
+    assert os.path.exists(host.cache_path(U))
+
+
+def test_every_json_document_carries_the_schema_version(host):
+    process = host.manage('cache', 'pass')
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert host.manage('cache', 'pin', X).returncode == 0
+
+    with open(host.report_file) as f:
+        last_pass = json.load(f)
+    scrub_list = json.loads(host.manage('scrub', 'list', '--json').stdout)
+    cache_list = json.loads(host.manage('cache', 'list', '--json').stdout)
+    pin_list = json.loads(host.manage('cache', 'pins', '--json').stdout)
+    status = json.loads(host.manage('cache', 'status', '--json').stdout)
+
+    # The pass queued U: every list has something in it.
+    assert [e['path'] for e in scrub_list['entries']] == [host.cache_path(U)]
+    assert [row['name'] for row in cache_list] == [X]
+    assert [pin['name'] for pin in pin_list] == [X]
+    for document in [last_pass, scrub_list, status] + cache_list + pin_list:
+        assert document['schema_version'] == report.SCHEMA_VERSION

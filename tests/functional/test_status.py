@@ -23,8 +23,12 @@ import re
 import subprocess
 
 from prometheus_client import parser
+import pytest
 
 from cachekeeper.cache import facts
+from cachekeeper.cache import registry
+from cachekeeper.scrub import entries as scrub_entries
+from cachekeeper.state import db
 from tests.lib import hosttree
 
 MiB = 1024 * 1024
@@ -390,3 +394,68 @@ def test_check_is_critical_when_the_last_pass_is_three_intervals_old(
 
     assert process.returncode == 2, process.stdout
     assert process.stdout.startswith('CRITICAL: the last pass finished')
+
+
+def _park_every_entry(host):
+    state_db = db.open_state(host.state_path)
+    try:
+        with state_db.transaction() as connection:
+            connection.execute('UPDATE scrub_entry SET state = ?',
+                               (scrub_entries.PARKED,))
+    finally:
+        state_db.close()
+
+
+def _garble_the_registry(host):
+    with open(registry.registry_path(host.instances_path), 'w') as f:
+        f.write('{"compute-other": ')
+
+
+def _thrash(host):
+    # Removed by the first pass, downloaded again by nova, seen by a pass.
+    allocated_file(host.cache_path(OLD_IMAGE), 0)
+    assert host.manage('cache', 'pass').returncode == 0
+
+
+@pytest.mark.parametrize('cause, reason', [
+    (_park_every_entry, '1 scrub queue entries are parked'),
+    (_garble_the_registry, "nova's storage registry %s"),
+    (_thrash, '1 files removed by passes came back'),
+])
+def test_check_warns_of_what_a_pass_cannot_settle_itself(tmp_path, cause,
+                                                          reason):
+    host = Host(tmp_path)
+    host.configure(scrubber={'scrub_delay': 0 if cause is _thrash else 3600})
+    allocated_file(host.cache_path(OLD_IMAGE), 3 * DAY)
+    assert host.manage('cache', 'pass').returncode == 0
+    nova_off = _nova_conf(host, -1)
+    assert _check(host, nova_off).returncode == 0
+
+    cause(host)
+    process = _check(host, nova_off)
+
+    assert process.returncode == 1, process.stdout
+    [line] = process.stdout.splitlines()
+    assert line.startswith('WARNING: ')
+    assert reason.replace('%s', registry.registry_path(
+        host.instances_path)) in line
+
+
+def _disk_info_garbled(host):
+    directory = host.instance(UUID1, {'disk': None})
+    with open(os.path.join(directory, 'disk.info'), 'w') as f:
+        f.write('{not json')
+
+
+def test_check_is_critical_when_the_last_pass_had_errors(tmp_path):
+    host = Host(tmp_path)
+    _disk_info_garbled(host)
+    assert host.manage('cache', 'pass').returncode == 1
+    nova_off = _nova_conf(host, -1)
+
+    process = _check(host, nova_off)
+
+    assert process.returncode == 2, process.stdout
+    [line] = process.stdout.splitlines()
+    assert line.startswith('CRITICAL: the last pass done with errors '
+                           '(1 errors)')
