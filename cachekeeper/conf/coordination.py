@@ -12,6 +12,8 @@
 
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 coordination_group = cfg.OptGroup(
     'coordination',
     title='Coordination Options',
@@ -44,8 +46,7 @@ seconds (30 by default), e.g. ``redis://127.0.0.1:6379?timeout=10``.
 
 
 def register_opts(conf):
-    conf.register_group(coordination_group)
-    conf.register_opts(coordination_opts, group=coordination_group)
+    groups.register(conf, coordination_group, coordination_opts)
 
 
 def list_opts():

@@ -13,6 +13,8 @@
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 glance_group = cfg.OptGroup(
     'glance',
     title='Glance Options',
@@ -79,13 +81,10 @@ KEYSTONEAUTH_DEFAULTS = {
 
 
 def register_opts(conf):
-    # A group object of its own for each ConfigOpts (they share a group's
-    # options otherwise): keystoneauth adds the auth plugin's options to
-    # the group when it loads the plugin.
-    conf.register_group(cfg.OptGroup(glance_group.name,
-                                     title=glance_group.title,
-                                     help=glance_group.help))
-    conf.register_opts(glance_opts, group=glance_group)
+    # A group of its own for each ConfigOpts matters here too because
+    # keystoneauth adds the auth plugin's options to the group when it
+    # loads the plugin.
+    groups.register(conf, glance_group, glance_opts)
     ks_loading.register_session_conf_options(conf, glance_group.name)
     ks_loading.register_auth_conf_options(conf, glance_group.name)
     ks_loading.register_adapter_conf_options(conf, glance_group.name)

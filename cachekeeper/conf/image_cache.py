@@ -12,6 +12,8 @@
 
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 image_cache_group = cfg.OptGroup(
     'image_cache',
     title='Image Cache Options',
@@ -281,8 +283,7 @@ it could use is removed.
 
 
 def register_opts(conf):
-    conf.register_group(image_cache_group)
-    conf.register_opts(image_cache_opts, group=image_cache_group)
+    groups.register(conf, image_cache_group, image_cache_opts)
 
 
 def list_opts():

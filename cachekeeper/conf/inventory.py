@@ -12,6 +12,8 @@
 
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 inventory_group = cfg.OptGroup(
     'inventory',
     title='Inventory Options',
@@ -38,8 +40,7 @@ libvirt Python module (libvirt-python). Empty: libvirt is not asked.
 
 
 def register_opts(conf):
-    conf.register_group(inventory_group)
-    conf.register_opts(inventory_opts, group=inventory_group)
+    groups.register(conf, inventory_group, inventory_opts)
 
 
 def list_opts():

@@ -12,6 +12,8 @@
 
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 libvirt_group = cfg.OptGroup(
     'libvirt',
     title='Libvirt Options',
@@ -50,8 +52,7 @@ that disk would hold back the files it could use.
 
 
 def register_opts(conf):
-    conf.register_group(libvirt_group)
-    conf.register_opts(libvirt_opts, group=libvirt_group)
+    groups.register(conf, libvirt_group, libvirt_opts)
 
 
 def list_opts():

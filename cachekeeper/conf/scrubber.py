@@ -12,6 +12,8 @@
 
 from oslo_config import cfg
 
+from cachekeeper.conf import groups
+
 scrubber_group = cfg.OptGroup(
     'scrubber',
     title='Scrub Queue Options',
@@ -55,8 +57,7 @@ the image cache, so that quarantining a file is a rename.
 
 
 def register_opts(conf):
-    conf.register_group(scrubber_group)
-    conf.register_opts(scrubber_opts, group=scrubber_group)
+    groups.register(conf, scrubber_group, scrubber_opts)
 
 
 def list_opts():
